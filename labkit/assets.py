@@ -227,11 +227,11 @@ def fetch(names: list[str] | None = None, progress: bool = True) -> list[Path]:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.unlink(missing_ok=True)
                 _extract(archive, a.member, out)
-                got = sha256_of(out)
-                if got != a.sha256 or out.stat().st_size != a.size:
+                got, size = sha256_of(out), out.stat().st_size
+                if got != a.sha256 or size != a.size:
                     out.unlink(missing_ok=True)
                     raise AssetError(
-                        f"asset {a.name!r} from {req}: sha256 {got} (size {out.stat().st_size if out.exists() else '?'})"
+                        f"asset {a.name!r} from {req}: sha256 {got} ({size} bytes)"
                         f" does not match the table's {a.sha256} ({a.size} bytes); the file was removed. "
                         f"Fix: the pinned distribution changed on the index; report it, do not use the file."
                     )
