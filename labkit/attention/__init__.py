@@ -22,9 +22,10 @@ Grouped-query attention: query head h reads kv head `h // (num_heads // num_kv_h
 Backends live in this package, one module each, and are chosen in ONE place, `BACKENDS` below:
   "torch"  -> labkit/attention/torch_ref.py (any device, torch only; the reference)
 A backend module provides `store_kvcache(k, v, k_cache, v_cache, slot_mapping)` and
-`attention(q, k_cache, v_cache, meta, scale, k=None, v=None)` (the read half; it may use the fresh k, v
-for sequences with no cached prefix). Adding a backend (e.g. "triton" in triton.py) is one line in
-`BACKENDS`.
+`paged_attention(q, k, v, k_cache, v_cache, meta, scale)` (store, then attend; it may use the fresh
+k, v for sequences with no cached prefix). Adding a backend (e.g. "triton" in triton.py) is one line
+in `BACKENDS`. A backend may keep index tensors it derives from a step's metadata in
+`meta.backend_cache` (a dict, new for every step), so that its layers do not rebuild them.
 
 What this does not handle: sliding windows, ALiBi, soft-capping, cross attention, or sequences with
 zero query rows (every sequence in a batch has at least one query token).
@@ -53,7 +54,8 @@ class AttentionMetadata:
     block_tables is padded with -1 on the right; entries past ceil(seq_len / block_size) are never
     read, so a caller may pad with 0 instead. The *_list fields are host copies (python lists) that
     the torch backend uses to loop without device syncs; they are filled from the tensors when left
-    out.
+    out. One instance describes ONE step: build a new one for every forward (backends cache index
+    tensors derived from it in backend_cache, so mutating it in place would leave those stale).
     """
 
     slot_mapping: torch.Tensor  # (num_tokens,) int64; where each new token's K/V goes; -1 = skip
@@ -64,6 +66,7 @@ class AttentionMetadata:
     max_seq_len: int
     query_start_loc_list: list[int] | None = field(default=None, repr=False)
     seq_lens_list: list[int] | None = field(default=None, repr=False)
+    backend_cache: dict = field(default_factory=dict, repr=False, compare=False)  # per-step scratch
 
     def __post_init__(self) -> None:
         if self.query_start_loc_list is None:
@@ -106,8 +109,9 @@ class AttentionMetadata:
         given (pass it to mark padding rows with -1)."""
         if not (len(seq_lens) == len(query_lens) == len(block_tables)):
             raise ValueError(
-                f"seq_lens, query_lens and block_tables must have one entry per sequence; got lengths "
-                f"{len(seq_lens)}, {len(query_lens)}, {len(block_tables)}. Fix: pass one of each per sequence."
+                f"seq_lens, query_lens and block_tables must have one entry per sequence; got "
+                f"lengths {len(seq_lens)}, {len(query_lens)}, {len(block_tables)}. "
+                f"Fix: pass one of each per sequence."
             )
         for i, (L, q, bt) in enumerate(zip(seq_lens, query_lens, block_tables)):
             if not 1 <= q <= L:
@@ -152,7 +156,9 @@ def get_backend(name: str | None = None) -> ModuleType:
     """The module implementing backend `name` (default DEFAULT_BACKEND)."""
     name = name or DEFAULT_BACKEND
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}. Fix: pick one of those.")
+        raise ValueError(
+            f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}. Fix: pick one of those."
+        )
     return importlib.import_module(BACKENDS[name])
 
 
@@ -184,9 +190,7 @@ def paged_attention(
     assert H % k.shape[1] == 0, f"num_heads {H} is not a multiple of num_kv_heads {k.shape[1]}"
     assert k_cache.shape == v_cache.shape and k_cache.shape[2:] == k.shape[1:], (k_cache.shape, k.shape)
     assert meta.num_tokens == T, f"metadata describes {meta.num_tokens} tokens, the batch has {T}"
-    impl = get_backend(backend)
-    impl.store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
-    return impl.attention(q, k_cache, v_cache, meta, scale, k=k, v=v)
+    return get_backend(backend).paged_attention(q, k, v, k_cache, v_cache, meta, scale)
 
 
 __all__ = [

@@ -13,11 +13,17 @@ How it is vectorised (three cases, all exact):
   one masked scaled_dot_product_attention, the mask shifted by the L - q_len cached positions.
 Grouped-query heads use SDPA's enable_gqa (query head h reads kv head h // group), never a copy.
 
+Index tensors (which rows decode, their padded block lists and key masks, the rows to store) depend
+only on the step's metadata: they are built once per step, cached in `meta.backend_cache`, and
+reused by every layer, so a layer costs gathers and SDPA calls, no host-device round trips.
+
 What it does not do: fuse the store with the read, or split long contexts (it gathers whole
 sequences, so memory is O(num_seqs * max_seq_len) per layer for the decode batch).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,22 +35,75 @@ def store_kvcache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """k, v (T, Hkv, D) -> caches (num_blocks, block_size, Hkv, D) at slot_mapping (T,); -1 rows skipped."""
-    assert k_cache.is_contiguous() and v_cache.is_contiguous(), "caches must be contiguous to address slots"
-    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    flat_k = k_cache.view(-1, num_kv_heads, head_dim)  # (num_slots, Hkv, D)
-    flat_v = v_cache.view(-1, num_kv_heads, head_dim)
     slots = slot_mapping.to(torch.int64)
     keep = slots >= 0
-    if not bool(keep.all()):
-        slots, k, v = slots[keep], k[keep], v[keep]
-    flat_k.index_copy_(0, slots, k.to(k_cache.dtype))
-    flat_v.index_copy_(0, slots, v.to(v_cache.dtype))
+    rows = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+    _store(k, v, k_cache, v_cache, slots if rows is None else slots[rows], rows)
 
 
-def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
-    """cache (N, B, Hkv, D), block_ids (..., nb) -> (..., nb * B, Hkv, D): a sequence's tokens in order."""
-    blocks = cache[block_ids.to(torch.int64).clamp_min(0)]  # (..., nb, B, Hkv, D); -1 padding -> block 0
-    return blocks.flatten(-4, -3)
+def _store(k, v, k_cache, v_cache, slots, rows):
+    """Write rows `rows` (None = all) of k, v (T, Hkv, D) to the flat slots `slots`."""
+    assert k_cache.is_contiguous() and v_cache.is_contiguous(), "caches must be contiguous to address slots"
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    if rows is not None:
+        k, v = k.index_select(0, rows), v.index_select(0, rows)
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k.to(k_cache.dtype))
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v.to(v_cache.dtype))
+
+
+@dataclass
+class _Plan:
+    """Index tensors derived from one step's metadata, built once and shared by every layer."""
+
+    store_slots: torch.Tensor  # (T',) int64 slots of the rows to store
+    store_rows: torch.Tensor | None  # (T',) rows of k/v to store; None = all rows (no -1 padding)
+    decode_rows: torch.Tensor | None  # (S,) the query row of each decoding sequence
+    decode_blocks: torch.Tensor | None  # (S, nb) int64 physical blocks, padding clamped to block 0
+    decode_mask: torch.Tensor | None  # (S, 1, 1, nb * B) True where a key position is < seq_len
+    others: list  # (start, end, blocks (nb,) int64 or None if fresh prefill, mask (q_len, L) or None)
+
+
+def _plan(meta: AttentionMetadata, block_size: int, fresh_ok: bool) -> _Plan:
+    key = ("torch_ref", block_size, fresh_ok)
+    if key in meta.backend_cache:
+        return meta.backend_cache[key]
+    dev = meta.slot_mapping.device
+    qsl, lens = meta.query_start_loc_list, meta.seq_lens_list
+    slots = meta.slot_mapping.to(torch.int64)
+    keep = slots >= 0
+    rows = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+    decode = [i for i in range(meta.num_seqs) if qsl[i + 1] - qsl[i] == 1]
+    d_rows = d_blocks = d_mask = None
+    if decode:
+        nb = -(-max(lens[i] for i in decode) // block_size)
+        d_rows = torch.tensor([qsl[i] for i in decode], device=dev)
+        idx = torch.tensor(decode, device=dev)
+        d_blocks = meta.block_tables[idx, :nb].to(torch.int64).clamp_min(0)
+        seq_lens = torch.tensor([lens[i] for i in decode], device=dev)
+        d_mask = (torch.arange(nb * block_size, device=dev)[None, :] < seq_lens[:, None])[:, None, None, :]
+    others = []
+    for i in range(meta.num_seqs):
+        start, end, seq_len = qsl[i], qsl[i + 1], lens[i]
+        q_len = end - start
+        assert 0 < q_len <= seq_len, f"seq {i}: q_len {q_len}, seq_len {seq_len}"
+        if q_len == 1:
+            continue
+        if q_len == seq_len and fresh_ok:  # plain prefill: causal attention over the fresh k, v
+            others.append((start, end, None, None))
+            continue
+        nb = -(-seq_len // block_size)
+        blocks = meta.block_tables[i, :nb].to(torch.int64)
+        positions = torch.arange(seq_len - q_len, seq_len, device=dev)  # of each query row
+        mask = torch.arange(seq_len, device=dev)[None, :] <= positions[:, None]  # (q_len, L)
+        others.append((start, end, blocks, mask))
+    plan = _Plan(slots if rows is None else slots[rows], rows, d_rows, d_blocks, d_mask, others)
+    meta.backend_cache[key] = plan
+    return plan
+
+
+def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """cache (N, B, Hkv, D), blocks (..., nb) int64 -> (..., nb * B, Hkv, D): a sequence's tokens in order."""
+    return cache[blocks].flatten(-4, -3)
 
 
 def _sdpa(q, k, v, scale, mask=None, is_causal=False):
@@ -53,33 +112,6 @@ def _sdpa(q, k, v, scale, mask=None, is_causal=False):
     return F.scaled_dot_product_attention(
         q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
     )
-
-
-def _decode_batch(q, k_cache, v_cache, meta, seqs, scale):
-    """One query row per sequence in `seqs`: q (S, H, D) -> (S, H, D)."""
-    block_size = k_cache.shape[1]
-    lens = [meta.seq_lens_list[i] for i in seqs]
-    num_blocks = -(-max(lens) // block_size)
-    idx = torch.tensor(seqs, device=q.device)
-    table = meta.block_tables[idx, :num_blocks]  # (S, nb)
-    k = _gather(k_cache, table).transpose(1, 2)  # (S, Hkv, nb * B, D)
-    v = _gather(v_cache, table).transpose(1, 2)
-    seq_lens = torch.tensor(lens, device=q.device)
-    mask = torch.arange(k.shape[2], device=q.device)[None, :] < seq_lens[:, None]  # (S, Lk)
-    out = _sdpa(q.unsqueeze(2), k, v, scale, mask=mask[:, None, None, :])  # (S, H, 1, D)
-    return out.squeeze(2)
-
-
-def _one_sequence(q, k_cache, v_cache, block_table, seq_len, scale):
-    """q (q_len, H, D) = the last q_len positions of a seq_len-token sequence -> (q_len, H, D)."""
-    block_size = k_cache.shape[1]
-    q_len = q.shape[0]
-    num_blocks = -(-seq_len // block_size)
-    k = _gather(k_cache, block_table[:num_blocks])[:seq_len].transpose(0, 1)  # (Hkv, L, D)
-    v = _gather(v_cache, block_table[:num_blocks])[:seq_len].transpose(0, 1)
-    rows = torch.arange(seq_len - q_len, seq_len, device=q.device)  # position of each query row
-    mask = torch.arange(seq_len, device=q.device)[None, :] <= rows[:, None]  # (q_len, L)
-    return _sdpa(q.transpose(0, 1), k, v, scale, mask=mask).transpose(0, 1)
 
 
 def attention(
@@ -95,21 +127,38 @@ def attention(
 
     k, v (T, Hkv, D), when given, are this step's fresh keys/values: a sequence with no cached prefix
     uses them directly instead of gathering them back from the cache."""
+    fresh_ok = k is not None and v is not None
+    plan = _plan(meta, k_cache.shape[1], fresh_ok)
     out = torch.empty_like(q)
-    qsl, seq_lens = meta.query_start_loc_list, meta.seq_lens_list
-    decode = [i for i in range(meta.num_seqs) if qsl[i + 1] - qsl[i] == 1]
-    if decode:
-        rows = torch.tensor([qsl[i] for i in decode], device=q.device)
-        out[rows] = _decode_batch(q[rows], k_cache, v_cache, meta, decode, scale)
-    for i in range(meta.num_seqs):
-        start, end, seq_len = qsl[i], qsl[i + 1], seq_lens[i]
-        q_len = end - start
-        if q_len == 1:
-            continue
-        assert 0 < q_len <= seq_len, f"seq {i}: q_len {q_len}, seq_len {seq_len}"
-        if q_len == seq_len and k is not None and v is not None:  # plain prefill: causal over new k, v
-            qi, ki, vi = (t[start:end].transpose(0, 1) for t in (q, k, v))
-            out[start:end] = _sdpa(qi, ki, vi, scale, is_causal=True).transpose(0, 1)
+    if plan.decode_rows is not None:  # all decoding sequences in one padded call
+        kd = _gather(k_cache, plan.decode_blocks).transpose(1, 2)  # (S, Hkv, nb * B, D)
+        vd = _gather(v_cache, plan.decode_blocks).transpose(1, 2)
+        qd = q[plan.decode_rows].unsqueeze(2)  # (S, H, 1, D)
+        out[plan.decode_rows] = _sdpa(qd, kd, vd, scale, mask=plan.decode_mask).squeeze(2)
+    for start, end, blocks, mask in plan.others:
+        qi = q[start:end].transpose(0, 1)  # (H, q_len, D)
+        if blocks is None:
+            ki, vi = k[start:end].transpose(0, 1), v[start:end].transpose(0, 1)  # (Hkv, L, D)
+            oi = _sdpa(qi, ki, vi, scale, is_causal=True)
         else:
-            out[start:end] = _one_sequence(q[start:end], k_cache, v_cache, meta.block_tables[i], seq_len, scale)
+            seq_len = mask.shape[1]
+            ki = _gather(k_cache, blocks)[:seq_len].transpose(0, 1)  # (Hkv, L, D)
+            vi = _gather(v_cache, blocks)[:seq_len].transpose(0, 1)
+            oi = _sdpa(qi, ki, vi, scale, mask=mask)
+        out[start:end] = oi.transpose(0, 1)
     return out
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """Store this step's k, v at meta.slot_mapping, then attend: q (T, H, D) -> (T, H, D)."""
+    plan = _plan(meta, k_cache.shape[1], fresh_ok=True)
+    _store(k, v, k_cache, v_cache, plan.store_slots, plan.store_rows)
+    return attention(q, k_cache, v_cache, meta, scale, k=k, v=v)
