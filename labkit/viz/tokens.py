@@ -5,7 +5,7 @@ Every view here has a static form that needs no widget frontend:
     tokens_html(text, tokenizer) -> str          # coloured tokens with their ids, plain HTML
     show_tokens(text, tokenizer)                 # the same, wrapped for display in a notebook
     token_explorer({"GPT-2": tok, ...})          # ipywidgets: type text, pick a tokenizer, see tokens
-    merge_steps_html(steps)                      # a BPE trace: one row of tokens per merge
+    merge_steps_html(steps), show_merge_steps    # a BPE trace: one row of tokens per merge
     plot_context_fit(rows, ...)                  # how many words / characters fit in a context
     plot_compression(points)                     # bytes per token as merges are learned
     embedding_lookup_figure(ids, weight)         # E = W[X] drawn as a gather of rows
@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# Bar colours for plots (one per tokenizer), readable by colour-blind readers (Okabe-Ito).
+BAR_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")
 # Pastel backgrounds, distinguishable next to each other; tokens cycle through them.
 PALETTE = ("#ffd6a5", "#caffbf", "#9bf6ff", "#bdb2ff", "#ffc6ff", "#fdffb6", "#a0c4ff", "#ffadad")
 SPECIAL_BG = "#d0d0d0"
@@ -89,7 +91,7 @@ def token_pieces(text: str, tokenizer: Any, add_special_tokens: bool = True) -> 
         return out
     vocab = getattr(tokenizer, "vocab", None)
     if isinstance(vocab, Mapping):  # labkit.tokenizer.Tokenizer
-        ids = tokenizer.encode(text)
+        ids = tokenizer.encode(text, allowed_special="all")
         special_ids = set(getattr(tokenizer, "special_tokens", {}).values())
         return [_bytes_piece(i, vocab[i], special=i in special_ids) for i in ids]
     raise TypeError(
@@ -125,10 +127,14 @@ def pieces_html(pieces: Sequence[TokenPiece], show_ids: bool = True) -> str:
         if p.partial:
             style += ";font-style:italic;border:1px dashed #666"
         tip = f"id {p.id}" + (" (part of a character)" if p.partial else "")
-        idline = f'<div style="font-size:70%;color:#555;font-family:monospace">{p.id}</div>' if show_ids else ""
+        idline = (
+            f'<span style="display:block;font-size:70%;color:#555;font-family:monospace">{p.id}</span>'
+            if show_ids
+            else ""
+        )
         boxes.append(
-            f'<span title="{tip}" style="display:inline-block;text-align:center;margin:1px">'
-            f'<div style="{style}">{label}</div>{idline}</span>'
+            f'<span title="{tip}" style="display:inline-block;text-align:center;margin:1px;vertical-align:top">'
+            f'<span style="display:block;{style}">{label}</span>{idline}</span>'
         )
     return '<div style="line-height:1.1">' + "".join(boxes) + "</div>"
 
@@ -162,6 +168,13 @@ def merge_steps_html(steps: Sequence[tuple[str, Sequence[TokenPiece]]], show_ids
     return f"<table>{rows}</table>"
 
 
+def show_merge_steps(steps: Sequence[tuple[str, Sequence[TokenPiece]]], show_ids: bool = True):
+    """`merge_steps_html` wrapped as an IPython HTML object."""
+    from IPython.display import HTML
+
+    return HTML(merge_steps_html(steps, show_ids))
+
+
 # ---------------------------------------------------------------------------------------------------
 # The widget
 
@@ -177,8 +190,10 @@ def token_explorer(tokenizers: Mapping[str, Any], text: str = "The capital of Fr
         raise ValueError("token_explorer: pass at least one tokenizer, e.g. {'GPT-2': Tokenizer.gpt2()}")
 
     def static(t: str) -> str:
-        return "".join(f"<h4 style='margin:6px 0 2px'>{html.escape(name)}</h4>{tokens_html(t, tok)}"
-                       for name, tok in tokenizers.items())
+        return "".join(
+            f"<h4 style='margin:6px 0 2px'>{html.escape(name)}</h4>{tokens_html(t, tok)}"
+            for name, tok in tokenizers.items()
+        )
 
     try:
         import ipywidgets as w
@@ -212,11 +227,14 @@ def token_explorer(tokenizers: Mapping[str, Any], text: str = "The capital of Fr
 
 
 def plot_context_fit(rows: Sequence[Mapping[str, Any]], value: str, ylabel: str, title: str = "", ax=None):
-    """Grouped bars: one group per language, one bar per tokenizer, height `row[value]`.
+    """Grouped bars: one group per language, one bar per tokenizer, height `row[value]`. Returns the Figure
+    (drawn on `ax` when given).
 
     rows: dicts with at least "language", "tokenizer" and the `value` key (e.g. words that fit).
     """
+    import matplotlib
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     langs = list(dict.fromkeys(r["language"] for r in rows))
@@ -228,18 +246,21 @@ def plot_context_fit(rows: Sequence[Mapping[str, Any]], value: str, ylabel: str,
     x = np.arange(len(langs))
     for k, tok in enumerate(toks):
         heights = [table.get((lang, tok), np.nan) for lang in langs]
-        bars = ax.bar(x + (k - (len(toks) - 1) / 2) * width, heights, width, label=tok, color=PALETTE[6 - 5 * k])
+        bars = ax.bar(
+            x + (k - (len(toks) - 1) / 2) * width, heights, width, label=tok, color=BAR_COLORS[k % len(BAR_COLORS)]
+        )
         ax.bar_label(bars, fmt="{:,.0f}", fontsize=7, padding=1)
     ax.set_xticks(x, langs)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    return ax
+    return ax.figure
 
 
 def plot_compression(points: Sequence[tuple[int, float]], title: str = "", ax=None):
-    """Line plot of (number of merges, bytes per token) pairs: how BPE shortens the text it learned."""
+    """Line plot of (number of merges, bytes per token) pairs: how BPE shortens text. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -251,7 +272,7 @@ def plot_compression(points: Sequence[tuple[int, float]], title: str = "", ax=No
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
-    return ax
+    return ax.figure
 
 
 def embedding_lookup_figure(ids: Sequence[int], weight, max_rows: int = 16):
@@ -265,8 +286,10 @@ def embedding_lookup_figure(ids: Sequence[int], weight, max_rows: int = 16):
     w = np.asarray(weight.detach().cpu() if hasattr(weight, "detach") else weight, dtype=float)  # (V, D)
     ids = [int(i) for i in ids]
     if w.ndim != 2 or w.shape[0] > max_rows:
-        raise ValueError(f"embedding_lookup_figure: weight must be (V, D) with V <= {max_rows}, got {w.shape}; "
-                         "draw a small table (e.g. nn.Embedding(10, 6))")
+        raise ValueError(
+            f"embedding_lookup_figure: weight must be (V, D) with V <= {max_rows}, got {w.shape}; "
+            "draw a small table (e.g. nn.Embedding(10, 6))"
+        )
     e = w[ids]  # (S, D)
     lim = np.abs(w).max()
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(8, 3.2), gridspec_kw={"width_ratios": [1, 1]})
