@@ -11,6 +11,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8888
 LAB_ARGS ?=
 PYTEST_ARGS ?=
+RELEASE_ARGS ?=
+GRADE_ARGS ?=
+BENCH_ARGS ?=
 # JupyterLab refuses to run as root unless told it may.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 DEPS_HASH := $(shell cat pyproject.toml environment.yml | sha256sum | cut -c1-16)
@@ -51,16 +54,16 @@ test: assets
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 release: $(STAMP)
-	$(PY) -m autograder.release
+	$(PY) -m autograder.release $(RELEASE_ARGS)
 
 grade: assets
-	$(PY) -m autograder.grade
+	$(PY) -m autograder.grade $(GRADE_ARGS)
 
 demo: assets
 	$(PY) -m labkit.demo
 
 bench: assets
-	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f $(BENCH_ARGS) || exit 1; done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check labkit tests bench autograder
