@@ -14,6 +14,7 @@ PYTEST_ARGS ?=
 RELEASE_ARGS ?=
 GRADE_ARGS ?=
 BENCH_ARGS ?=
+DEMO_ARGS ?=
 # JupyterLab refuses to run as root unless told it may.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 DEPS_HASH := $(shell cat pyproject.toml environment.yml | sha256sum | cut -c1-16)
@@ -60,7 +61,7 @@ grade: assets
 	$(PY) -m autograder.grade $(GRADE_ARGS)
 
 demo: assets
-	$(PY) -m labkit.demo
+	$(PY) -m labkit.demo $(DEMO_ARGS)
 
 bench: assets
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f $(BENCH_ARGS) || exit 1; done

@@ -39,3 +39,34 @@ def test_make_grade_grades_a_submission_and_exports_grades(tmp_path):
     assert float(alice[0]["score"]) == points["01_text_to_tokens"]
     assert float(alice[0]["max_score"]) == sum(points.values())
     assert (course / "autograder" / "feedback" / "alice" / "lab0.1" / "01_text_to_tokens.html").exists()
+
+
+@pytest.mark.slow
+def test_make_demo_generates_for_eight_prompts_next_to_hf():
+    run = subprocess.run(["make", "-s", "demo", "DEMO_ARGS=--max-tokens 8"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert out.count(">>> ") == 8, out
+    assert "The capital of France is Paris" in out  # a real model answering, greedy
+    for row in ("labkit (continuous batching", "HF generate, 8 batched", "HF generate, one at a time"):
+        assert row in out
+
+
+@pytest.mark.slow
+def test_make_bench_quick_runs_every_benchmark_and_writes_nothing():
+    results = ROOT / "bench" / "results"
+    before = {p.name: p.stat().st_mtime_ns for p in results.iterdir()}
+    run = subprocess.run(["make", "-s", "bench", "BENCH_ARGS=--quick"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        assert f"== bench/{script.name}" in run.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before, "--quick must not overwrite results"
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs(capsys):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Using the engine from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert len(printed.split()) > 5, printed  # the model's answer, 32 greedy tokens
