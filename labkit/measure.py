@@ -264,24 +264,13 @@ def causal_lm_loss(
 ) -> torch.Tensor:
     """Mean next-token cross-entropy of a labkit LlamaForCausalLM over whole `sequences` (one flat
     batch, a throwaway cache). Differentiable, so a training step can run on labkit's own model."""
-    from labkit.attention import AttentionMetadata
-    from labkit.model import allocate_kv_caches
-
     seqs = [[int(t) for t in s] for s in sequences]
     if not seqs or min(len(s) for s in seqs) < 2:
         raise ValueError(
             "causal_lm_loss needs at least one sequence, each of at least 2 tokens (input and target)"
         )
     lens = [len(s) for s in seqs]
-    tables, next_block = [], 0
-    for n in lens:
-        nb = -(-n // block_size)
-        tables.append(list(range(next_block, next_block + nb)))
-        next_block += nb
-    caches = allocate_kv_caches(model.config, next_block, block_size, model.dtype, model.device)
-    meta = AttentionMetadata.build(lens, lens, tables, block_size, device=model.device)
-    ids = torch.tensor([t for s in seqs for t in s], dtype=torch.int64, device=model.device)  # (T,)
-    hidden = model(ids, meta.positions(), caches, meta)  # (T, hidden)
+    hidden, ids = model.forward_sequences(seqs, block_size)  # (T, hidden), (T,)
     starts = [0]
     for n in lens:
         starts.append(starts[-1] + n)

@@ -408,6 +408,17 @@ class LlamaForCausalLM(nn.Module):
                     f"sequence {i} has token id {bad[0]} outside [0, {self.config.vocab_size}). "
                     f"Fix: encode with this model's tokenizer."
                 )
+        hidden, _ = self.forward_sequences(seqs, block_size)
+        logits = self.compute_logits(hidden)  # (sum L, vocab)
+        parts = list(logits.split([len(s) for s in seqs]))
+        return parts[0] if single else parts
+
+    def forward_sequences(
+        self, seqs: Sequence[Sequence[int]], block_size: int = 16
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run whole sequences as ONE flat prefill batch through a throwaway paged cache (each sequence
+        gets consecutive blocks). Returns (hidden (sum L, hidden_size), input_ids (sum L,)). Not under
+        inference_mode, so gradients flow (labkit.measure trains through it)."""
         lens = [len(s) for s in seqs]
         tables, next_block = [], 0
         for n in lens:
@@ -416,10 +427,8 @@ class LlamaForCausalLM(nn.Module):
             next_block += num_blocks
         caches = allocate_kv_caches(self.config, next_block, block_size, self.dtype, self.device)
         meta = AttentionMetadata.build(lens, lens, tables, block_size, device=self.device)
-        ids = torch.tensor([t for s in seqs for t in s], dtype=torch.int64, device=self.device)
-        logits = self.compute_logits(self(ids, meta.positions(), caches, meta))  # (sum L, vocab)
-        parts = list(logits.split(lens))
-        return parts[0] if single else parts
+        ids = torch.tensor([int(t) for s in seqs for t in s], dtype=torch.int64, device=self.device)  # (T,)
+        return self(ids, meta.positions(), caches, meta), ids
 
 
 def allocate_kv_caches(
