@@ -329,8 +329,8 @@ def kv_cache_calculator(preset: str = "llama-3-8b", gpu: str = "H100-SXM", weigh
     def weights() -> int:
         return memory.weight_bytes(memory.get_preset(presets.value), wdtype.value)
 
-    def refresh(*_: Any) -> None:
-        e = kv_cache_estimate(
+    def estimate() -> KVCacheEstimate:  # the numbers on display
+        return kv_cache_estimate(
             layers.value,
             kv_heads.value,
             head_dim.value,
@@ -341,7 +341,9 @@ def kv_cache_calculator(preset: str = "llama-3-8b", gpu: str = "H100-SXM", weigh
             weight_bytes=weights(),
             gpu_memory_utilization=util.value,
         )
-        out.value = _estimate_html(e, seq_len.value, batch.value)
+
+    def refresh(*_: Any) -> None:
+        out.value = _estimate_html(estimate(), seq_len.value, batch.value)
 
     def load_preset(*_: Any) -> None:
         s = memory.get_preset(presets.value)
@@ -369,17 +371,7 @@ def kv_cache_calculator(preset: str = "llama-3-8b", gpu: str = "H100-SXM", weigh
             out,
         ]
     )
-    box.estimate = lambda: kv_cache_estimate(  # the numbers on display, for tests and curious students
-        layers.value,
-        kv_heads.value,
-        head_dim.value,
-        kv_dtype.value,
-        seq_len=seq_len.value,
-        batch_size=batch.value,
-        gpu_memory_bytes=int(gib.value * 2**30),
-        weight_bytes=weights(),
-        gpu_memory_utilization=util.value,
-    )
+    box.estimate = estimate  # for tests and curious students
     box.controls = {
         "preset": presets,
         "layers": layers,
