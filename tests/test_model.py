@@ -8,6 +8,7 @@
 The error measure is max|ours - HF| / max|HF| over all compared logits; the bound is 1e-4.
 """
 
+import dataclasses
 import random
 import time
 
@@ -223,6 +224,17 @@ def randomize_(hf_model, seed):
     return hf_model.eval()
 
 
+# A small labkit-only config (no HF twin needed): vocab 50, 2 layers, GQA 4:2.
+SMALL = ModelConfig(
+    vocab_size=50,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
 def tiny(cls, config_cls, seed, **kw):
     base = dict(
         vocab_size=97,
@@ -320,14 +332,7 @@ def test_from_hf_dir_matches_hf(tmp_path):
 
 
 def test_bfloat16_model_stays_close_to_float32():
-    config = ModelConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    config = SMALL
     ids = list(range(3, 40))
     ref = random_model(config, seed=2).logits(ids)
     low = random_model(config, seed=2, dtype=torch.bfloat16).logits(ids)
@@ -339,14 +344,7 @@ def test_bfloat16_model_stays_close_to_float32():
 
 
 def test_random_model_is_deterministic_per_seed():
-    config = ModelConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    config = SMALL
     a, b, c = random_model(config, 1), random_model(config, 1), random_model(config, 2)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
@@ -389,17 +387,7 @@ def test_from_hf_refuses_unsupported_features():
 
 
 def test_logits_rejects_bad_ids():
-    m = random_model(
-        ModelConfig(
-            vocab_size=50,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        ),
-        0,
-    )
+    m = random_model(dataclasses.replace(SMALL, num_hidden_layers=1), 0)
     with pytest.raises(ValueError, match="token id 50"):
         m.logits([1, 50])
     with pytest.raises(ValueError, match="empty"):
