@@ -13,7 +13,7 @@ What it does
 
 What it does not do
 - It never reads or writes K/V values: the attention layer writes the new tokens' K/V at the slots
-  this module hands out (`slot_mapping`) and reads the context through the block table.
+  that `AttentionMetadata.build` derives from the block tables, and reads the context through them.
 - It does not decide who runs or who is preempted: the Scheduler does, through
   `get_computed_blocks`, `allocate_slots` and `free`. It knows requests only by their id.
 - No swapping to CPU memory, no sliding windows, no copy-on-write: a block held by two requests is
@@ -61,12 +61,26 @@ def hash_block_tokens(parent_hash: int | None, token_ids: Sequence[int]) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
 
 
+def allocate_kv_caches(num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int, block_size: int,
+                       dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer a zeroed (k_cache, v_cache), each (num_blocks, block_size, num_kv_heads, head_dim).
+
+    The one place K/V tensors are allocated. Zeros, not empty: a kernel that reads a padded lane and
+    multiplies it by 0 never meets NaN."""
+    if num_blocks < 1 or block_size < 1:
+        raise ValueError(f"num_blocks={num_blocks} and block_size={block_size} must both be >= 1")
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(num_layers)]
+
+
 class BlockAllocator:
     """Free queue, reference counts and the prefix-cache table of `num_blocks` physical blocks.
 
     A block is either in use (`ref_counts[b] >= 1`, held by that many block tables) or free
     (`ref_counts[b] == 0`, in `free_queue`). A free block may still be cached (it has a hash and can
-    be revived by `fork` on a prefix hit) until `allocate` hands it out and evicts it.
+    be revived by `touch` on a prefix hit) until `allocate` hands it out and evicts it.
     """
 
     def __init__(self, num_blocks: int):
@@ -96,7 +110,7 @@ class BlockAllocator:
         self.ref_counts[block_id] = 1
         return block_id
 
-    def fork(self, block_id: int) -> None:
+    def touch(self, block_id: int) -> None:
         """One more holder for a block: share an in-use block, or revive a cached free one (prefix hit)."""
         if self.ref_counts[block_id] == 0:
             assert self.block_hashes[block_id] is not None, f"block {block_id} is free and holds nothing"
@@ -182,10 +196,8 @@ class PagedKVCache:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.allocator = BlockAllocator(num_blocks)
-        shape = (num_blocks, block_size, num_kv_heads, head_dim)  # (N, B, H, D)
-        # zeros, not empty: a kernel that reads a padded lane then multiplies by 0 never meets NaN
-        self.k_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.kv_caches = allocate_kv_caches(num_layers, num_kv_heads, head_dim, num_blocks, block_size,
+                                            dtype, device)
         self.block_tables: dict[str, list[int]] = {}  # request id -> physical block ids
         self._num_tokens: dict[str, int] = {}  # request id -> token positions its table covers
         self._block_hashes: dict[str, list[int]] = {}  # request id -> hashes of its full blocks so far
@@ -200,16 +212,23 @@ class PagedKVCache:
         return 2 * num_layers * block_size * num_kv_heads * head_dim * itemsize
 
     @classmethod
+    def blocks_in_budget(cls, memory_bytes: int, num_layers: int, num_kv_heads: int, head_dim: int,
+                         block_size: int = 16, dtype: torch.dtype = torch.float32) -> int:
+        """How many blocks fit in `memory_bytes` (K and V of all layers together): the one KV sizing rule."""
+        per_block = cls.bytes_per_block(num_layers, num_kv_heads, head_dim, block_size, dtype)
+        if memory_bytes < per_block:
+            raise ValueError(f"memory_bytes={memory_bytes} holds no block: one block takes {per_block} "
+                             f"bytes; give more memory, set num_gpu_blocks, or use a smaller block_size "
+                             f"or dtype")
+        return memory_bytes // per_block
+
+    @classmethod
     def from_memory_budget(cls, memory_bytes: int, num_layers: int, num_kv_heads: int, head_dim: int,
                            block_size: int = 16, dtype: torch.dtype = torch.float32,
                            device: str | torch.device = "cpu",
                            enable_prefix_caching: bool = True) -> "PagedKVCache":
         """As many blocks as fit in `memory_bytes` (K and V of all layers together)."""
-        per_block = cls.bytes_per_block(num_layers, num_kv_heads, head_dim, block_size, dtype)
-        num_blocks = memory_bytes // per_block
-        if num_blocks < 1:
-            raise ValueError(f"memory_bytes={memory_bytes} holds no block: one block takes {per_block} "
-                             f"bytes; give more memory or use a smaller block_size or dtype")
+        num_blocks = cls.blocks_in_budget(memory_bytes, num_layers, num_kv_heads, head_dim, block_size, dtype)
         return cls(num_layers, num_kv_heads, head_dim, num_blocks, block_size, dtype, device,
                    enable_prefix_caching)
 
@@ -226,11 +245,6 @@ class PagedKVCache:
     def usage(self) -> float:
         """Fraction of blocks held by some request, in [0, 1]."""
         return 1.0 - self.num_free_blocks / self.num_blocks
-
-    @property
-    def kv_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(k_cache, v_cache) per layer, each (num_blocks, block_size, num_kv_heads, head_dim)."""
-        return list(zip(self.k_caches, self.v_caches))
 
     def num_blocks_needed(self, num_tokens: int) -> int:
         """Blocks that hold `num_tokens` token positions: ceil(num_tokens / block_size)."""
@@ -284,7 +298,7 @@ class PagedKVCache:
             self._block_hashes[request_id] = [self.allocator.block_hashes[b] for b in computed_blocks]
         table = self.block_tables[request_id]
         for block_id in computed_blocks:  # take the hits before allocating, so they cannot be evicted
-            self.allocator.fork(block_id)
+            self.allocator.touch(block_id)
             table.append(block_id)
         table.extend(self.allocator.allocate() for _ in range(num_new_blocks))
         self._num_tokens[request_id] = num_tokens
@@ -317,11 +331,11 @@ class PagedKVCache:
         if len(table) > num_full and self.num_free_blocks == 0:
             return False
         for block_id in table[:num_full]:
-            self.allocator.fork(block_id)
+            self.allocator.touch(block_id)
         child = table[:num_full]
         if len(table) > num_full:
             child.append(self.allocator.allocate())
-            for cache in self.k_caches + self.v_caches:
+            for cache in (c for pair in self.kv_caches for c in pair):
                 cache[child[-1]] = cache[table[-1]]
         self.block_tables[child_id] = child
         self._num_tokens[child_id] = num_tokens
@@ -331,12 +345,6 @@ class PagedKVCache:
     def block_table(self, request_id: str) -> list[int]:
         """A copy of the request's block table: logical block i -> physical block id."""
         return list(self.block_tables[request_id])
-
-    def slot_mapping(self, request_id: str, start: int, end: int) -> list[int]:
-        """Slots of token positions [start, end): table[p // block_size] * block_size + p % block_size."""
-        table, size = self.block_tables[request_id], self.block_size
-        assert 0 <= start <= end <= len(table) * size, f"positions [{start}, {end}) outside the block table"
-        return [table[p // size] * size + p % size for p in range(start, end)]
 
     def reset_prefix_cache(self) -> None:
         """Forget all cached prefixes (e.g. after loading new weights: the old K/V mean nothing now).

@@ -290,14 +290,16 @@ class SequenceKVCache:
     """
 
     def __init__(self, model: torch.nn.Module, max_len: int, block_size: int = 16) -> None:
-        from labkit.model import allocate_kv_caches
+        from labkit.kv_cache import allocate_kv_caches
 
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1 token, got {max_len}")
         self.model, self.max_len, self.block_size = model, int(max_len), int(block_size)
         self.num_blocks = -(-self.max_len // self.block_size)
+        c = model.config
         self.kv_caches = allocate_kv_caches(
-            model.config, self.num_blocks, block_size, model.dtype, model.device
+            c.num_hidden_layers, c.num_key_value_heads, c.head_dim, self.num_blocks, block_size,
+            model.dtype, model.device,
         )
         self.num_cached_tokens = 0
 
@@ -436,11 +438,9 @@ def gguf_tensor_bytes(path: str | None = None) -> dict[str, tuple[int, int]]:
 
     Default: the SmolLM2-135M-Instruct asset. The bytes are what the file stores for each tensor (packed
     4-bit or 8-bit values plus their per-block scales), read from the file's own tensor table."""
-    from gguf import GGUFReader
+    from labkit.loader import open_gguf
 
-    from labkit import assets
-
-    reader = GGUFReader(path or assets.path("smollm2-135m-instruct-q4_1"))
+    reader = open_gguf(path)
     out: dict[str, tuple[int, int]] = {}
     for t in reader.tensors:
         n, b = out.get(t.tensor_type.name, (0, 0))

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labkit.engine import EngineConfig, LLMEngine
-from labkit.model import ModelConfig, random_model
+from labkit.loader import random_model
+from labkit.model import ModelConfig
 from labkit.sampler import SamplingParams
 from labkit.scheduler import RequestStatus
 

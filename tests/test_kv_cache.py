@@ -16,8 +16,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from labkit import kv_cache as kvc
+from labkit.attention import AttentionMetadata
 from labkit.kv_cache import BlockAllocator, PagedKVCache, hash_block_tokens
 
+
+def slots(cache: PagedKVCache, request_id: str, start: int, end: int) -> list[int]:
+    """Slots of positions [start, end) of a request, as the engine's flat batch computes them."""
+    meta = AttentionMetadata.build([end], [end - start], [cache.block_table(request_id)], cache.block_size)
+    return meta.slot_mapping.tolist()
 
 def make_cache(num_blocks=16, block_size=4, **kw):
     return PagedKVCache(num_layers=2, num_kv_heads=2, head_dim=3, num_blocks=num_blocks,
@@ -47,7 +53,7 @@ def test_allocator_allocate_fork_free_hand_worked():
     a = BlockAllocator(4)
     assert [a.allocate() for _ in range(3)] == [0, 1, 2]  # the free queue starts in block order
     assert a.num_free_blocks == 1 and a.ref_counts == [1, 1, 1, 0]
-    a.fork(0)  # a second holder
+    a.touch(0)  # a second holder
     assert a.ref_counts[0] == 2
     a.free(0)
     assert a.ref_counts[0] == 1 and a.num_free_blocks == 1  # still held once: not free
@@ -91,13 +97,13 @@ def test_block_tables_and_slot_mapping_hand_worked():
     admit(cache, "B", b)
     assert cache.block_table("A") == [0, 1, 2]  # ceil(10 / 4) = 3 blocks
     assert cache.block_table("B") == [3, 4]
-    assert cache.slot_mapping("A", 0, 10) == list(range(10))
-    assert cache.slot_mapping("B", 0, 5) == [12, 13, 14, 15, 16]  # block 4 starts at slot 16
+    assert slots(cache, "A", 0, 10) == list(range(10))
+    assert slots(cache, "B", 0, 5) == [12, 13, 14, 15, 16]  # block 4 starts at slot 16
     # A decodes: position 10 and 11 fit its block 2, position 12 needs a new block (5).
     for pos, slot in [(10, 10), (11, 11), (12, 20)]:
         a.append(999)
         assert cache.allocate_slots("A", a, pos, 1)
-        assert cache.slot_mapping("A", pos, pos + 1) == [slot]
+        assert slots(cache, "A", pos, pos + 1) == [slot]
     assert cache.block_table("A") == [0, 1, 2, 5]
     assert cache.num_free_blocks == 16 - 6 and cache.usage == pytest.approx(6 / 16)
     cache.check_invariants()
@@ -128,17 +134,17 @@ def test_allocate_slots_is_all_or_nothing():
 
 def test_kv_tensors_layout_and_slots_address_the_same_memory():
     cache = make_cache(num_blocks=8, block_size=4)
-    assert len(cache.k_caches) == len(cache.v_caches) == len(cache.kv_caches) == 2
+    assert len(cache.kv_caches) == 2
     for k, v in cache.kv_caches:
         assert k.shape == v.shape == (8, 4, 2, 3) and k.dtype == torch.float32 and k.device.type == "cpu"
     tokens = list(range(11))
     admit(cache, "A", tokens)
-    slots = torch.tensor(cache.slot_mapping("A", 0, 11))
+    slot_ids = torch.tensor(slots(cache, "A", 0, 11))
     k_new = torch.randn(11, 2, 3)  # (T, H, D)
-    cache.k_caches[1].view(-1, 2, 3)[slots] = k_new  # how attention stores by slot
+    cache.kv_caches[1][0].view(-1, 2, 3)[slot_ids] = k_new  # how attention stores by slot
     table = cache.block_table("A")
     for pos in range(11):  # how attention reads through the block table
-        assert torch.equal(cache.k_caches[1][table[pos // 4], pos % 4], k_new[pos])
+        assert torch.equal(cache.kv_caches[1][0][table[pos // 4], pos % 4], k_new[pos])
 
 
 def test_from_memory_budget_counts_bytes():
@@ -147,7 +153,7 @@ def test_from_memory_budget_counts_bytes():
     assert per_block == 2 * 3 * 16 * 2 * 8 * 2
     cache = PagedKVCache.from_memory_budget(10 * per_block + per_block - 1, num_layers=3, num_kv_heads=2,
                                             head_dim=8, block_size=16, dtype=torch.bfloat16)
-    allocated = sum(t.numel() * t.element_size() for t in cache.k_caches + cache.v_caches)
+    allocated = sum(t.numel() * t.element_size() for t in [t for pair in cache.kv_caches for t in pair])
     assert cache.num_blocks == 10 and allocated == 10 * per_block
     with pytest.raises(ValueError, match=f"memory_bytes=100 holds no block: one block takes {per_block}"):
         PagedKVCache.from_memory_budget(100, 3, 2, 8, block_size=16, dtype=torch.bfloat16)
@@ -260,12 +266,12 @@ def test_fork_shares_full_blocks_and_copies_the_partial_one():
     cache = make_cache(num_blocks=8, block_size=4, enable_prefix_caching=False)
     tokens = list(range(6))
     admit(cache, "P", tokens)
-    for k in cache.k_caches:
-        k.view(-1, 2, 3)[torch.tensor(cache.slot_mapping("P", 0, 6))] = torch.randn(6, 2, 3)
+    for k, _ in cache.kv_caches:
+        k.view(-1, 2, 3)[torch.tensor(slots(cache, "P", 0, 6))] = torch.randn(6, 2, 3)
     assert cache.fork("P", "C")
     parent, child = cache.block_table("P"), cache.block_table("C")
     assert child[0] == parent[0] and child[1] != parent[1]
-    for k in cache.k_caches:
+    for k, _ in cache.kv_caches:
         assert torch.equal(k[child[1]], k[parent[1]])
     assert cache.allocator.ref_counts[parent[0]] == 2
     cache.check_invariants()
@@ -280,13 +286,13 @@ def test_fork_shares_full_blocks_and_copies_the_partial_one():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cache_on_cuda_bf16():
     cache = PagedKVCache(2, 2, 64, num_blocks=32, block_size=16, dtype=torch.bfloat16, device="cuda")
-    assert all(k.is_cuda and k.dtype == torch.bfloat16 for k in cache.k_caches + cache.v_caches)
+    assert all(k.is_cuda and k.dtype == torch.bfloat16 for k in [t for pair in cache.kv_caches for t in pair])
     admit(cache, "A", list(range(40)))
-    slots = torch.tensor(cache.slot_mapping("A", 0, 40), device="cuda")
+    slot_ids = torch.tensor(slots(cache, "A", 0, 40), device="cuda")
     k_new = torch.randn(40, 2, 64, device="cuda", dtype=torch.bfloat16)
-    cache.k_caches[0].view(-1, 2, 64).index_copy_(0, slots, k_new)
+    cache.kv_caches[0][0].view(-1, 2, 64).index_copy_(0, slot_ids, k_new)
     table = torch.tensor(cache.block_table("A"), device="cuda")
-    assert torch.equal(cache.k_caches[0][table].flatten(0, 1)[:40], k_new)
+    assert torch.equal(cache.kv_caches[0][0][table].flatten(0, 1)[:40], k_new)
 
 
 # ---- randomized: bookkeeping and contents --------------------------------------------------------
@@ -307,9 +313,9 @@ class CacheMachine(RuleBasedStateMachine):
         self.next_id = 0
 
     def write(self, rid, start):
-        slots = torch.tensor(self.cache.slot_mapping(rid, start, len(self.tokens[rid])), dtype=torch.long)
+        slot_ids = torch.tensor(slots(self.cache, rid, start, len(self.tokens[rid])), dtype=torch.long)
         values = torch.tensor(self.tokens[rid][start:], dtype=torch.float32)
-        self.cache.k_caches[0].view(-1)[slots] = values
+        self.cache.kv_caches[0][0].view(-1)[slot_ids] = values
 
     @rule(prompt=st.lists(st.integers(0, 2), min_size=1, max_size=12))  # tiny alphabet: many hits
     def start(self, prompt):
@@ -349,7 +355,7 @@ class CacheMachine(RuleBasedStateMachine):
     @invariant()
     def consistent(self):
         self.cache.check_invariants()
-        k = self.cache.k_caches[0][..., 0, 0]  # (num_blocks, block_size)
+        k = self.cache.kv_caches[0][0][..., 0, 0]  # (num_blocks, block_size)
         for rid, tokens in self.tokens.items():
             context = k[self.cache.block_table(rid)].flatten()[:len(tokens)]
             assert context.tolist() == tokens, f"{rid}: cache holds {context.tolist()}, expected {tokens}"

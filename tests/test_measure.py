@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labkit import measure, memory
-from labkit.model import ModelConfig, from_hf_model, random_model
+from labkit.loader import from_hf_model, random_model
+from labkit.model import ModelConfig
 
 TINY = ModelConfig(
     vocab_size=97,

@@ -25,9 +25,11 @@ from transformers import (
 )
 
 from labkit import assets
-from labkit import model as lm
+from labkit import loader as lm
 from labkit.attention import AttentionMetadata
-from labkit.model import ModelConfig, allocate_kv_caches, from_hf_dir, from_hf_model, load_gguf, random_model
+from labkit.kv_cache import allocate_kv_caches
+from labkit.loader import config_from_hf, from_hf_dir, from_hf_model, load_gguf, random_model
+from labkit.model import ModelConfig
 
 REL_TOL = 1e-4
 
@@ -51,7 +53,9 @@ def paged_run(model, seqs, schedule, block_size=4, seed=0):
     ids = list(range(sum(need) + 2))
     rng.shuffle(ids)
     tables = [ids[sum(need[:i]) : sum(need[: i + 1])] for i in range(len(seqs))]
-    caches = allocate_kv_caches(model.config, len(ids), block_size, model.dtype, model.device)
+    c = model.config
+    caches = allocate_kv_caches(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, len(ids), block_size,
+                                model.dtype, model.device)
     done, out = [0] * len(seqs), [[] for _ in seqs]
     for step in schedule:
         order = list(step)
@@ -300,7 +304,7 @@ def test_random_llama_matches_hf(head_dim, group, tied):
 )
 def test_rope_scaling_matches_hf(rope):
     hf = tiny(LlamaForCausalLM, LlamaConfig, seed=7, rope_parameters=dict(rope))
-    assert ModelConfig.from_hf(hf.config).rope_scaling["rope_type"] == rope["rope_type"]
+    assert config_from_hf(hf.config).rope_scaling["rope_type"] == rope["rope_type"]
     err = check_against_hf(hf, seed=7)
     print(f"rope {rope['rope_type']}: rel err {err:.2e}")
     assert err < REL_TOL
@@ -308,7 +312,7 @@ def test_rope_scaling_matches_hf(rope):
 
 def test_qwen2_attention_bias_matches_hf():
     hf = tiny(Qwen2ForCausalLM, Qwen2Config, seed=11, tie_word_embeddings=False)
-    assert ModelConfig.from_hf(hf.config).attention_bias
+    assert config_from_hf(hf.config).attention_bias
     err = check_against_hf(hf, seed=11)
     print(f"qwen2: rel err {err:.2e}")
     assert err < REL_TOL
@@ -316,7 +320,7 @@ def test_qwen2_attention_bias_matches_hf():
 
 def test_qwen3_qk_norm_and_wide_heads_match_hf():
     hf = tiny(Qwen3ForCausalLM, Qwen3Config, seed=13, head_dim=32, tie_word_embeddings=True)  # 4 x 32 != 64
-    c = ModelConfig.from_hf(hf.config)
+    c = config_from_hf(hf.config)
     assert c.qk_norm and c.head_dim * c.num_attention_heads != c.hidden_size
     err = check_against_hf(hf, seed=13)
     print(f"qwen3: rel err {err:.2e}")
@@ -379,11 +383,11 @@ def test_config_rejects_bad_values(kwargs, match):
 
 def test_from_hf_refuses_unsupported_features():
     with pytest.raises(ValueError, match="mlp_bias"):
-        ModelConfig.from_hf(LlamaConfig(mlp_bias=True))
+        config_from_hf(LlamaConfig(mlp_bias=True))
     with pytest.raises(ValueError, match="gpt2"):
         from transformers import GPT2Config
 
-        ModelConfig.from_hf(GPT2Config())
+        config_from_hf(GPT2Config())
 
 
 def test_logits_rejects_bad_ids():
@@ -398,6 +402,6 @@ def test_load_state_dict_names_missing_weights():
     hf = tiny(LlamaForCausalLM, LlamaConfig, seed=1, tie_word_embeddings=False)
     sd = hf.state_dict()
     del sd["model.layers.1.mlp.up_proj.weight"]
-    ours = random_model(ModelConfig.from_hf(hf.config), 0)
+    ours = random_model(config_from_hf(hf.config), 0)
     with pytest.raises(ValueError, match="up_proj"):
         lm.load_state_dict(ours, sd)
