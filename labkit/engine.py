@@ -341,8 +341,7 @@ class LLMEngine:
     def _scheduled_stats(self, scheduled: list, preempted: Sequence[str], t_start: float) -> dict[str, Any]:
         """The timeline fields known once the step is scheduled (the rest come after it ran)."""
         decode = sum(
-            s.num_new_tokens == 1
-            and s.num_computed_tokens >= self._states[s.request_id].request.num_prompt_tokens
+            s.num_new_tokens == 1 and s.num_computed_tokens >= self._states[s.request_id].request.num_prompt_tokens
             for s in scheduled
         )
         running = sum(s.request.status == RequestStatus.RUNNING for s in self._states.values())
@@ -423,10 +422,7 @@ class LLMEngine:
         return [self._collected.pop(rid) for rid in ids]
 
     def stream(
-        self,
-        prompt: str | Sequence[int],
-        sampling_params: SamplingParams | None = None,
-        request_id: str | None = None,
+        self, prompt: str | Sequence[int], sampling_params: SamplingParams | None = None, request_id: str | None = None
     ) -> Iterator[str]:
         """Yield a request's text as it is generated; the pieces joined equal its final text.
         Stepping the engine also advances every other queued request. Closing the iterator early
@@ -486,9 +482,7 @@ def normalize_prompts(prompts: Any) -> list[str | list[int]]:
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
     if not isinstance(prompts, Sequence):
-        raise TypeError(
-            f"prompts must be a str, a list of token ids, or a list of those; got {type(prompts).__name__}"
-        )
+        raise TypeError(f"prompts must be a str, a list of token ids, or a list of those; got {type(prompts).__name__}")
     if prompts and all(isinstance(t, int) and not isinstance(t, bool) for t in prompts):
         return [list(prompts)]
     if not prompts:

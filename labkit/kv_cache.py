@@ -322,26 +322,6 @@ class PagedKVCache:
         self._num_tokens.pop(request_id, None)
         self._block_hashes.pop(request_id, None)
 
-    def fork(self, parent_id: str, child_id: str) -> bool:
-        """Give `child_id` the parent's context (e.g. for parallel sampling): full blocks are shared by
-        reference, the partial last block is copied into a fresh block. False if no block is free."""
-        assert child_id not in self.block_tables, f"request {child_id!r} already holds blocks"
-        table, num_tokens = self.block_tables[parent_id], self._num_tokens[parent_id]
-        num_full = num_tokens // self.block_size
-        if len(table) > num_full and self.num_free_blocks == 0:
-            return False
-        for block_id in table[:num_full]:
-            self.allocator.touch(block_id)
-        child = table[:num_full]
-        if len(table) > num_full:
-            child.append(self.allocator.allocate())
-            for cache in (c for pair in self.kv_caches for c in pair):
-                cache[child[-1]] = cache[table[-1]]
-        self.block_tables[child_id] = child
-        self._num_tokens[child_id] = num_tokens
-        self._block_hashes[child_id] = list(self._block_hashes[parent_id])
-        return True
-
     def block_table(self, request_id: str) -> list[int]:
         """A copy of the request's block table: logical block i -> physical block id."""
         return list(self.block_tables[request_id])

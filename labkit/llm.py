@@ -10,19 +10,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from labkit import loader
 from labkit.engine import EngineConfig, LLMEngine
-from labkit.model import LlamaForCausalLM
 from labkit.outputs import RequestOutput
 
-SMOLLM2_NAMES = ("smollm2-135m-instruct", "smollm2-135m-instruct-q4_1")
 # The system message SmolLM2-Instruct's chat template adds when a conversation has none.
 SMOLLM2_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
@@ -47,59 +45,14 @@ def apply_chat_template(
         raise ValueError("the conversation is empty: give at least one {'role': 'user', 'content': ...}")
     parts = []
     for i, m in enumerate(messages):
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("role"), str)
-            or not isinstance(m.get("content"), str)
-        ):
-            raise ValueError(
-                f"message {i} is {m!r}: each message must be a dict with str 'role' and 'content'"
-            )
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i} is {m!r}: each message must be a dict with str 'role' and 'content'")
     if messages[0]["role"] != "system" and default_system_prompt is not None:
         parts.append(f"<|im_start|>system\n{default_system_prompt}<|im_end|>\n")
     parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
     if add_generation_prompt:
         parts.append("<|im_start|>assistant\n")
     return "".join(parts)
-
-
-def load_model(
-    model: str | os.PathLike | torch.nn.Module,
-    tokenizer: Any = None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-) -> tuple[torch.nn.Module, Any]:
-    """(labkit model, tokenizer) from a name, a .gguf path, a Hugging Face folder or a loaded model."""
-    if isinstance(model, torch.nn.Module):
-        if not isinstance(model, LlamaForCausalLM):  # a transformers model: copy its weights
-            model = loader.from_hf_model(model, dtype=dtype).to(device)
-        return model, tokenizer
-    name = os.fspath(model)
-    if name.lower() in SMOLLM2_NAMES:
-        from labkit import assets
-
-        path = assets.path(loader.GGUF_ASSET)
-    else:
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"model={name!r} is neither a known name ({', '.join(SMOLLM2_NAMES)}) nor "
-                f"an existing .gguf file or Hugging Face folder"
-            )
-    if path.is_dir():
-        loaded = loader.from_hf_dir(path, dtype=dtype, device=device)
-        has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-        if tokenizer is None and has_tokenizer:  # otherwise no tokenizer: prompts must be token ids
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        return loaded, tokenizer
-    loaded, _ = loader.load_gguf(path, dtype=dtype, device=device)
-    if tokenizer is None:
-        from labkit.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.from_gguf(path)
-    return loaded, tokenizer
 
 
 class LLM:
@@ -122,50 +75,28 @@ class LLM:
         sampler: Any = None,
         **engine_config: Any,
     ):
-        unknown = set(engine_config) - set(EngineConfig.__dataclass_fields__)
-        if unknown:
+        known = {f.name for f in dataclasses.fields(EngineConfig) if f.init}
+        if set(engine_config) - known:
             raise TypeError(
-                f"LLM got unknown arguments {sorted(unknown)}: EngineConfig fields are "
-                f"{sorted(EngineConfig.__dataclass_fields__)}"
+                f"LLM got unknown arguments {sorted(set(engine_config) - known)}: EngineConfig fields are "
+                f"{sorted(known)}"
             )
         config = EngineConfig(dtype=dtype, device=device, **engine_config)
-        if isinstance(model, torch.nn.Module):
-            loaded, tokenizer = load_model(
-                model,
-                tokenizer,
-                config.dtype or next(model.parameters()).dtype,
-                config.device or next(model.parameters()).device,
-            )
-        else:
-            loaded, tokenizer = load_model(
-                model, tokenizer, config.dtype or torch.float32, config.device or "cpu"
-            )
-        self.llm_engine = LLMEngine(
-            loaded, tokenizer, config, scheduler=scheduler, kv_cache=kv_cache, sampler=sampler
-        )
+        loaded, tokenizer = loader.load_model(model, tokenizer, config.dtype, config.device)
+        self.llm_engine = LLMEngine(loaded, tokenizer, config, scheduler=scheduler, kv_cache=kv_cache, sampler=sampler)
 
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 
-    def generate(
-        self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True
-    ) -> list[RequestOutput]:
+    def generate(self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True) -> list[RequestOutput]:
         """Outputs in prompt order. prompts: a str, a list of token ids, or a list of those."""
         return self.llm_engine.generate(prompts, sampling_params, use_tqdm)
 
     def chat(
-        self,
-        messages: Any,
-        sampling_params: Any = None,
-        use_tqdm: bool = True,
-        add_generation_prompt: bool = True,
+        self, messages: Any, sampling_params: Any = None, use_tqdm: bool = True, add_generation_prompt: bool = True
     ) -> list[RequestOutput]:
         """One conversation (a list of message dicts, or a str) or a list of conversations."""
-        convs = (
-            [messages]
-            if isinstance(messages, str) or (messages and isinstance(messages[0], dict))
-            else messages
-        )
+        convs = [messages] if isinstance(messages, str) or (messages and isinstance(messages[0], dict)) else messages
         prompts = [apply_chat_template(c, add_generation_prompt) for c in convs]
         return self.generate(prompts, sampling_params, use_tqdm)
 
@@ -176,5 +107,7 @@ class LLM:
     def apply_chat_template(messages: Any, add_generation_prompt: bool = True) -> str:
         return apply_chat_template(messages, add_generation_prompt)
 
+
+load_model = loader.load_model  # kept importable from here
 
 __all__ = ["LLM", "SMOLLM2_SYSTEM_PROMPT", "apply_chat_template", "load_model"]

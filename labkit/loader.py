@@ -6,6 +6,7 @@
   from_hf_dir(path)          a local Hugging Face folder (config.json + *.safetensors / *.bin)
   from_hf_model(hf_model)    an in-memory transformers model (Llama, Qwen2, Qwen3)
   random_model(config, seed) random weights, for tests and for shapes
+  load_model(name_or_path)   any of the above by name, path or object, with its tokenizer (for LLM)
 
 Each returns a model in eval mode. `config_from_hf` turns a transformers config into a ModelConfig
 and refuses the features the model does not implement. `open_gguf` is the GGUF reader that the
@@ -19,6 +20,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +28,7 @@ from labkit.attention import DEFAULT_BACKEND
 from labkit.model import LlamaForCausalLM, ModelConfig
 
 GGUF_ASSET = "smollm2-135m-instruct-q4_1"
+SMOLLM2_NAMES = ("smollm2-135m-instruct", "smollm2-135m-instruct-q4_1")  # names load_model knows
 _CONVERTED_FORMAT = "labkit-converted-gguf-v1"  # bump when the converted file layout changes
 
 
@@ -368,6 +371,48 @@ def load_gguf(
     return model, GGUFInfo(path=str(path), sha256=sha, name=name, chat_template=template, config=config)
 
 
+def load_model(
+    model: str | os.PathLike | torch.nn.Module,
+    tokenizer: Any = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """(labkit model, tokenizer) from a name, a .gguf path, a Hugging Face folder or a loaded model.
+    dtype, device None: a loaded model's own, else float32 on the CPU."""
+    if isinstance(model, torch.nn.Module):
+        if not isinstance(model, LlamaForCausalLM):  # a transformers model: copy its weights
+            param = next(model.parameters())
+            model = from_hf_model(model, dtype=dtype or param.dtype).to(device or param.device)
+        return model, tokenizer
+    dtype, device = dtype or torch.float32, device or "cpu"
+    name = os.fspath(model)
+    if name.lower() in SMOLLM2_NAMES:
+        from labkit import assets
+
+        path = assets.path(GGUF_ASSET)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model={name!r} is neither a known name ({', '.join(SMOLLM2_NAMES)}) nor "
+                f"an existing .gguf file or Hugging Face folder"
+            )
+    if path.is_dir():
+        loaded = from_hf_dir(path, dtype=dtype, device=device)
+        has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        if tokenizer is None and has_tokenizer:  # otherwise no tokenizer: prompts must be token ids
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return loaded, tokenizer
+    loaded, _ = load_gguf(path, dtype=dtype, device=device)
+    if tokenizer is None:
+        from labkit.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_gguf(path)
+    return loaded, tokenizer
+
+
 __all__ = [
     "GGUF_ASSET",
     "GGUFInfo",
@@ -376,6 +421,7 @@ __all__ = [
     "from_hf_dir",
     "from_hf_model",
     "load_gguf",
+    "load_model",
     "load_state_dict",
     "open_gguf",
     "random_model",

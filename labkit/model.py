@@ -55,46 +55,28 @@ class ModelConfig:
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self) -> None:
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "max_position_embeddings",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"ModelConfig.{name} = {value!r}; it must be a positive int. Fix: set it >= 1."
-                )
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings")
+        for name in sizes:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} = {getattr(self, name)!r}; it must be a positive int.")
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
-                raise ValueError(
-                    f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                    f"{self.num_attention_heads}, so head_dim cannot be inferred. "
-                    f"Fix: pass head_dim explicitly."
-                )
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                                 f"{self.num_attention_heads}, so head_dim cannot be inferred: pass head_dim.")
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.head_dim < 2 or self.head_dim % 2:
             raise ValueError(f"head_dim = {self.head_dim}; RoPE rotates pairs, so it must be even and >= 2.")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads "
-                f"{self.num_key_value_heads}; grouped-query attention shares each kv head among an equal "
-                f"group of query heads. Fix: choose num_key_value_heads dividing num_attention_heads."
-            )
-        if not self.rms_norm_eps > 0:
-            raise ValueError(f"rms_norm_eps = {self.rms_norm_eps}; it must be > 0 (typically 1e-5 or 1e-6).")
-        if not self.rope_theta > 0:
-            raise ValueError(f"rope_theta = {self.rope_theta}; the RoPE base must be > 0 (e.g. 10000.0).")
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}: in grouped-query attention each "
+                             f"kv head serves an equal group of query heads.")
+        if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
+            raise ValueError(f"rms_norm_eps = {self.rms_norm_eps} and rope_theta = {self.rope_theta} must be > 0.")
         self.rope_scaling = _check_rope_scaling(self.rope_scaling)
-        for name in ("bos_token_id", "eos_token_id"):
-            ids = getattr(self, name)
-            for i in [ids] if isinstance(ids, int) else (ids or []):
-                if not 0 <= i < self.vocab_size:
-                    raise ValueError(f"{name} {i} is outside the vocabulary [0, {self.vocab_size}).")
+        for i in [*self.eos_token_ids, *([] if self.bos_token_id is None else [self.bos_token_id])]:
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"bos/eos token id {i} is outside the vocabulary [0, {self.vocab_size}).")
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -117,9 +99,7 @@ def _check_rope_scaling(scaling: dict | None) -> dict | None:
     if kind in (None, "default"):
         return None
     if kind not in _ROPE_KEYS:
-        raise ValueError(
-            f"rope_scaling type {kind!r} is not supported; use one of {sorted(_ROPE_KEYS)} or None."
-        )
+        raise ValueError(f"rope_scaling type {kind!r} is not supported; use one of {sorted(_ROPE_KEYS)} or None.")
     missing = _ROPE_KEYS[kind] - scaling.keys()
     if missing:
         raise ValueError(f"rope_scaling of type {kind!r} lacks {sorted(missing)}; got {scaling}.")
@@ -196,11 +176,7 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, attn_backend: str):
         super().__init__()
         c = config
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.head_dim,
-        )
+        self.num_heads, self.num_kv_heads, self.head_dim = (c.num_attention_heads, c.num_key_value_heads, c.head_dim)
         self.scale = self.head_dim**-0.5
         self.attn_backend = attn_backend
         self.q_proj = nn.Linear(c.hidden_size, self.num_heads * self.head_dim, bias=c.attention_bias)
@@ -253,9 +229,7 @@ class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig, attn_backend: str):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, attn_backend) for _ in range(config.num_hidden_layers)
-        )
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, attn_backend) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
 
@@ -276,9 +250,7 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(config, attn_backend)
         # tied: compute_logits multiplies by the embedding matrix itself, so there is nothing to keep in sync
         self.lm_head = (
-            None
-            if config.tie_word_embeddings
-            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
 
     def forward(
@@ -356,8 +328,9 @@ class LlamaForCausalLM(nn.Module):
             tables.append(list(range(next_block, next_block + num_blocks)))
             next_block += num_blocks
         c = self.config
-        caches = allocate_kv_caches(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, next_block,
-                                    block_size, self.dtype, self.device)
+        caches = allocate_kv_caches(
+            c.num_hidden_layers, c.num_key_value_heads, c.head_dim, next_block, block_size, self.dtype, self.device
+        )
         meta = AttentionMetadata.build(lens, lens, tables, block_size, device=self.device)
         ids = torch.tensor([int(t) for s in seqs for t in s], dtype=torch.int64, device=self.device)  # (T,)
         return self(ids, meta.positions(), caches, meta), ids

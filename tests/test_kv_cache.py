@@ -49,7 +49,7 @@ def state(cache):
 # ---- BlockAllocator ------------------------------------------------------------------------------
 
 
-def test_allocator_allocate_fork_free_hand_worked():
+def test_allocator_allocate_touch_free_hand_worked():
     a = BlockAllocator(4)
     assert [a.allocate() for _ in range(3)] == [0, 1, 2]  # the free queue starts in block order
     assert a.num_free_blocks == 1 and a.ref_counts == [1, 1, 1, 0]
@@ -262,26 +262,6 @@ def test_hash_is_stable_across_processes():
     assert hash_block_tokens(None, [1, 2, 3]) != hash_block_tokens(0, [1, 2, 3])
 
 
-def test_fork_shares_full_blocks_and_copies_the_partial_one():
-    cache = make_cache(num_blocks=8, block_size=4, enable_prefix_caching=False)
-    tokens = list(range(6))
-    admit(cache, "P", tokens)
-    for k, _ in cache.kv_caches:
-        k.view(-1, 2, 3)[torch.tensor(slots(cache, "P", 0, 6))] = torch.randn(6, 2, 3)
-    assert cache.fork("P", "C")
-    parent, child = cache.block_table("P"), cache.block_table("C")
-    assert child[0] == parent[0] and child[1] != parent[1]
-    for k, _ in cache.kv_caches:
-        assert torch.equal(k[child[1]], k[parent[1]])
-    assert cache.allocator.ref_counts[parent[0]] == 2
-    cache.check_invariants()
-    assert cache.allocate_slots("C", tokens + [1], 6, 1)  # the child writes into its own copy
-    cache.free("P")
-    cache.free("C")
-    assert cache.num_free_blocks == 8
-    cache.check_invariants()
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cache_on_cuda_bf16():
@@ -299,7 +279,7 @@ def test_cache_on_cuda_bf16():
 
 
 class CacheMachine(RuleBasedStateMachine):
-    """Requests start (with prefix hits), grow token by token or chunk by chunk, fork and end.
+    """Requests start (with prefix hits), grow token by token or chunk by chunk, and end.
 
     Every computed token's id is written into layer 0's K tensor at its slot; after each rule every
     live request's context, read through its block table, must equal its token ids.
@@ -335,15 +315,6 @@ class CacheMachine(RuleBasedStateMachine):
         if self.cache.allocate_slots(rid, self.tokens[rid] + extra, old, len(extra)):
             self.tokens[rid] += extra
             self.write(rid, old)
-
-    @precondition(lambda self: self.tokens)
-    @rule(data=st.data())
-    def fork(self, data):
-        parent = data.draw(st.sampled_from(sorted(self.tokens)))
-        child = f"r{self.next_id}"
-        self.next_id += 1
-        if self.cache.fork(parent, child):
-            self.tokens[child] = list(self.tokens[parent])
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())

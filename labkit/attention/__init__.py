@@ -41,7 +41,7 @@ import torch
 
 # backend name -> module that implements it. The single place a backend is registered.
 BACKENDS: dict[str, str] = {
-    "torch": "labkit.attention.torch_ref",
+    "torch": "labkit.attention.torch_ref"
     # a second backend registers here, e.g. "triton": "labkit.attention.triton"
 }
 DEFAULT_BACKEND = "torch"
@@ -162,9 +162,7 @@ def get_backend(name: str | None = None) -> ModuleType:
     """The module implementing backend `name` (default DEFAULT_BACKEND)."""
     name = name or DEFAULT_BACKEND
     if name not in BACKENDS:
-        raise ValueError(
-            f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}. Fix: pick one of those."
-        )
+        raise ValueError(f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}. Fix: pick one of those.")
     return importlib.import_module(BACKENDS[name])
 
 
@@ -199,11 +197,4 @@ def paged_attention(
     return get_backend(backend).paged_attention(q, k, v, k_cache, v_cache, meta, scale)
 
 
-__all__ = [
-    "AttentionMetadata",
-    "BACKENDS",
-    "DEFAULT_BACKEND",
-    "get_backend",
-    "paged_attention",
-    "store_kvcache",
-]
+__all__ = ["AttentionMetadata", "BACKENDS", "DEFAULT_BACKEND", "get_backend", "paged_attention", "store_kvcache"]
