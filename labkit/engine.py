@@ -213,12 +213,10 @@ class LLMEngine:
 
     def _build_kv_cache(self, kv_cache: Any, scheduler: Any) -> Any:
         if kv_cache is None and scheduler is not None and not _is_factory(scheduler):
-            kv_cache = getattr(scheduler, "kv_cache", None)
-            if kv_cache is None:
-                raise ValueError(
-                    "a scheduler object was given without its kv cache: pass kv_cache= too "
-                    "(the engine's model runner needs the same K/V tensors the scheduler fills)"
-                )
+            raise ValueError(
+                "a scheduler object was given without its kv cache: pass kv_cache= too "
+                "(the engine's model runner needs the same K/V tensors the scheduler fills)"
+            )
         if kv_cache is not None and not _is_factory(kv_cache):
             return kv_cache
         mc, c = self.model_config, self.config
