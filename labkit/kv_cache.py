@@ -38,7 +38,7 @@ Prefix caching
 """
 
 import hashlib
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -144,11 +144,6 @@ class BlockAllocator:
         self.block_keys[block_id] = key
         return True
 
-    def reset_prefix_cache(self) -> None:
-        """Forget every cached block (their memory is untouched; in-use blocks stay in use)."""
-        for block_id in list(self.cached_blocks.values()):
-            self._evict(block_id)
-
     def _evict(self, block_id: int) -> None:
         block_hash = self.block_hashes[block_id]
         if block_hash is not None:
@@ -156,16 +151,6 @@ class BlockAllocator:
             self.block_hashes[block_id] = None
             self.block_keys[block_id] = None
 
-    def check_invariants(self) -> None:
-        """Assert the allocator's bookkeeping is consistent (tests call this after every step)."""
-        assert len(self.ref_counts) == self.num_blocks
-        assert all(r >= 0 for r in self.ref_counts), "negative reference count"
-        free = set(self.free_queue)
-        assert len(free) == len(self.free_queue), "free queue holds a block twice"
-        assert free == {b for b, r in enumerate(self.ref_counts) if r == 0}, "free queue != blocks with ref 0"
-        for block_hash, block_id in self.cached_blocks.items():
-            assert self.block_hashes[block_id] == block_hash and self.block_keys[block_id] is not None
-        assert sum(h is not None for h in self.block_hashes) == len(self.cached_blocks)
 
 
 class PagedKVCache:
@@ -240,11 +225,6 @@ class PagedKVCache:
     def num_free_blocks(self) -> int:
         """Blocks available to new allocations (cached blocks nobody holds count as free)."""
         return self.allocator.num_free_blocks
-
-    @property
-    def usage(self) -> float:
-        """Fraction of blocks held by some request, in [0, 1]."""
-        return 1.0 - self.num_free_blocks / self.num_blocks
 
     def num_blocks_needed(self, num_tokens: int) -> int:
         """Blocks that hold `num_tokens` token positions: ceil(num_tokens / block_size)."""
@@ -325,23 +305,3 @@ class PagedKVCache:
     def block_table(self, request_id: str) -> list[int]:
         """A copy of the request's block table: logical block i -> physical block id."""
         return list(self.block_tables[request_id])
-
-    def reset_prefix_cache(self) -> None:
-        """Forget all cached prefixes (e.g. after loading new weights: the old K/V mean nothing now).
-        Blocks that requests hold stay theirs; they are just no longer found by `get_computed_blocks`."""
-        self.allocator.reset_prefix_cache()  # requests' hash chains stay valid: they hash token ids
-
-    def check_invariants(self) -> None:
-        """Assert that tables and allocator agree: every block free or held; ref count == number of
-        tables holding it; a block in two tables is full in each (only full prefix blocks are shared)."""
-        self.allocator.check_invariants()
-        holders = Counter(b for table in self.block_tables.values() for b in table)
-        for block_id in range(self.num_blocks):
-            assert self.allocator.ref_counts[block_id] == holders[block_id], f"block {block_id} ref count"
-        for request_id, table in self.block_tables.items():
-            num_tokens = self._num_tokens[request_id]
-            assert len(table) == self.num_blocks_needed(num_tokens), f"{request_id!r}: table size"
-            assert len(set(table)) == len(table), f"{request_id!r} holds a block twice"
-            for block_id in table[num_tokens // self.block_size:]:  # the partial last block, if any
-                assert holders[block_id] == 1, f"partial block {block_id} is shared"
-                assert self.allocator.block_hashes[block_id] is None, f"partial block {block_id} cached"

@@ -19,7 +19,6 @@ dequantized once at load time; the model computes in float32, bfloat16 or float1
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.attention import DEFAULT_BACKEND, AttentionMetadata, paged_attention
-from labkit.kv_cache import allocate_kv_caches
 
 # ----------------------------------------------------------------------------------------------------
 # config
@@ -284,56 +282,6 @@ class LlamaForCausalLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
 
-    @torch.inference_mode()
-    def logits(
-        self, input_ids: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor, block_size: int = 16
-    ) -> torch.Tensor | list[torch.Tensor]:
-        """Logits at every position of one or more whole sequences, no cache management needed.
-
-        input_ids: a list of ids (or 1-D tensor) -> (L, vocab); a list of lists -> a list of (L_i, vocab).
-        All sequences run as ONE flat prefill batch through a throwaway paged cache."""
-        single = (
-            isinstance(input_ids, torch.Tensor)
-            and input_ids.dim() == 1
-            or (len(input_ids) > 0 and not isinstance(input_ids[0], (Sequence, torch.Tensor)))
-        )
-        seqs = [input_ids] if single else list(input_ids)
-        seqs = [[int(t) for t in s] for s in seqs]
-        if not seqs:
-            raise ValueError("no sequences given; pass a list of token ids or a list of such lists.")
-        for i, s in enumerate(seqs):
-            if not s:
-                raise ValueError(f"sequence {i} is empty; every sequence needs at least one token.")
-            bad = [t for t in s if not 0 <= t < self.config.vocab_size]
-            if bad:
-                raise ValueError(
-                    f"sequence {i} has token id {bad[0]} outside [0, {self.config.vocab_size}). "
-                    f"Fix: encode with this model's tokenizer."
-                )
-        hidden, _ = self.forward_sequences(seqs, block_size)
-        logits = self.compute_logits(hidden)  # (sum L, vocab)
-        parts = list(logits.split([len(s) for s in seqs]))
-        return parts[0] if single else parts
-
-    def forward_sequences(
-        self, seqs: Sequence[Sequence[int]], block_size: int = 16
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run whole sequences as ONE flat prefill batch through a throwaway paged cache (each sequence
-        gets consecutive blocks). Returns (hidden (sum L, hidden_size), input_ids (sum L,)). Not under
-        inference_mode, so gradients flow (labkit.measure trains through it)."""
-        lens = [len(s) for s in seqs]
-        tables, next_block = [], 0
-        for n in lens:
-            num_blocks = -(-n // block_size)
-            tables.append(list(range(next_block, next_block + num_blocks)))
-            next_block += num_blocks
-        c = self.config
-        caches = allocate_kv_caches(
-            c.num_hidden_layers, c.num_key_value_heads, c.head_dim, next_block, block_size, self.dtype, self.device
-        )
-        meta = AttentionMetadata.build(lens, lens, tables, block_size, device=self.device)
-        ids = torch.tensor([int(t) for s in seqs for t in s], dtype=torch.int64, device=self.device)  # (T,)
-        return self(ids, meta.positions(), caches, meta), ids
 
 
 # Loaders live in labkit.loader; these names stay importable from here for older code and notebooks.

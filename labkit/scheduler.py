@@ -186,14 +186,6 @@ class SchedulerOutput:
     preempted_request_ids: list[str]  # preempted during this schedule()
     finished_request_ids: set[str]  # finished or aborted since the previous schedule(): drop their state
 
-    @property
-    def total_num_scheduled_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
-
 
 class Scheduler:
     """Continuous batching with chunked prefill, FCFS admission and preemption by recompute."""

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from labkit import measure, memory
 from labkit.loader import from_hf_model, random_model
+from labkit.measure import sequence_logits
 from labkit.model import ModelConfig
 
 TINY = ModelConfig(
@@ -200,7 +201,7 @@ def test_decode_attention_matches_dense_causal_attention(kv_heads, group, half_d
 def test_sequence_kv_cache_matches_whole_sequence_logits():
     model = random_model(TINY, seed=1)
     ids = [random.Random(1).randrange(97) for _ in range(37)]
-    whole = model.logits(ids)  # (37, vocab)
+    whole = sequence_logits(model, ids)  # (37, vocab)
     cache = measure.SequenceKVCache(model, max_len=40, block_size=8)
     torch.testing.assert_close(cache.forward(ids[:20]), whole[19], rtol=1e-5, atol=1e-6)
     for i in range(20, 37):

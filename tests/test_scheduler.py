@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from kv_invariants import check_cache
 
 from labkit.attention import AttentionMetadata
 from labkit.kv_cache import PagedKVCache
@@ -72,7 +73,7 @@ class FakeRunner:
     def step(self) -> tuple[SchedulerOutput, list[Request]]:
         out = self.scheduler.schedule()
         config = self.scheduler.config
-        assert out.total_num_scheduled_tokens <= config.max_num_batched_tokens
+        assert sum(s.num_new_tokens for s in out.scheduled) <= config.max_num_batched_tokens
         assert len(out.scheduled) <= config.max_num_seqs
         assert len({s.request_id for s in out.scheduled}) == len(out.scheduled)
         k, v = (t[..., 0, 0] for t in self.kv.kv_caches[0])  # (num_blocks, block_size)
@@ -99,7 +100,7 @@ class FakeRunner:
             assert self.steps < max_steps, "the scheduler made no progress"
             self.step()
             if check:
-                self.kv.check_invariants()
+                check_cache(self.kv)
 
 
 def make(num_blocks=64, block_size=4, prefix=True, **config) -> tuple[Scheduler, FakeRunner]:
@@ -253,7 +254,7 @@ def test_finish_request_for_a_stop_string_and_finished_ids_in_the_next_output():
     assert (request.status, request.finish_reason) == (RequestStatus.FINISHED, FinishReason.STOP)
     assert scheduler.kv_cache.num_free_blocks == scheduler.kv_cache.num_blocks
     out, _ = runner.step()
-    assert out.is_empty and out.finished_request_ids == {"A"}
+    assert not out.scheduled and out.finished_request_ids == {"A"}
     assert runner.step()[0].finished_request_ids == set()
 
 
@@ -315,7 +316,7 @@ def run_stream(policy: str, steps: int, seed: int = 0) -> tuple[Scheduler, Reque
             long = add(scheduler, "long", [rng.randrange(1000) for _ in range(40)], max_tokens=2)
         if long in runner.step()[1]:
             finished_at = step
-        scheduler.kv_cache.check_invariants()
+        check_cache(scheduler.kv_cache)
     return scheduler, long, finished_at
 
 
@@ -392,7 +393,7 @@ def test_load_200_requests_through_a_cache_that_holds_about_10():
         for _ in range(min(10, len(pending))):  # 10 arrive per step until all 200 are in
             scheduler.add_request(pending.pop(0))
         runner.step()
-        scheduler.kv_cache.check_invariants()
+        check_cache(scheduler.kv_cache)
     assert all(r.status == RequestStatus.FINISHED for r in requests)
     assert scheduler.num_preemptions > 0 and sum(r.num_cached_tokens > 0 for r in requests) > 0
     for r in requests:
@@ -447,7 +448,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @invariant()
     def consistent(self):
-        self.kv.check_invariants()
+        check_cache(self.kv)
         s = self.scheduler
         assert len(s.running) <= s.config.max_num_seqs
         assert all(r.status == RequestStatus.RUNNING for r in s.running)
