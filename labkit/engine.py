@@ -50,16 +50,8 @@ from labkit.runner import ModelRunner
 from labkit.sampler import Sampler, SamplingParams, make_generator
 from labkit.scheduler import FinishReason, Request, RequestStatus, Scheduler, SchedulerConfig
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 _CPU_KV_BYTES = 256 * 2**20  # default KV budget on CPU: 256 MiB (SmolLM2-135M: ~5.8k tokens in fp32)
 
 
@@ -88,15 +80,11 @@ class EngineConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r} must be an int >= 1")
         if self.num_gpu_blocks is not None and self.kv_cache_memory_bytes is not None:
-            raise ValueError(
-                f"num_gpu_blocks={self.num_gpu_blocks} and kv_cache_memory_bytes="
-                f"{self.kv_cache_memory_bytes} both size the KV cache: give only one of them"
-            )
+            raise ValueError(f"num_gpu_blocks={self.num_gpu_blocks} and kv_cache_memory_bytes="
+                             f"{self.kv_cache_memory_bytes} both size the KV cache: give only one of them")
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(
-                f"gpu_memory_utilization={self.gpu_memory_utilization!r} must lie in (0, 1]: "
-                f"it is the share of the GPU's memory the engine may use, e.g. 0.9"
-            )
+            raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization!r} must lie in (0, 1]: "
+                             f"it is the share of the GPU's memory the engine may use, e.g. 0.9")
         self.scheduler_config = SchedulerConfig(
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
@@ -116,13 +104,10 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype={dtype} is not supported: use float32, bfloat16 or float16")
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r} is unknown: use one of {sorted(_DTYPES)}")
-    return _DTYPES[dtype]
+    resolved = _DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if resolved not in _DTYPES.values():
+        raise ValueError(f"dtype={dtype!r} is not supported: use one of {sorted(_DTYPES)}")
+    return resolved
 
 
 @dataclass
@@ -146,18 +131,9 @@ class LLMEngine:
     sampler:   None (labkit's Sampler) or any object with `sample(logits, params, generators)`.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Any | None = None,
-        config: EngineConfig | None = None,
-        *,
-        scheduler: Any = None,
-        kv_cache: Any = None,
-        sampler: Any = None,
-        eos_token_id: int | None = None,
-        skip_special_tokens: bool = True,
-    ):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any | None = None, config: EngineConfig | None = None, *,
+                 scheduler: Any = None, kv_cache: Any = None, sampler: Any = None, eos_token_id: int | None = None,
+                 skip_special_tokens: bool = True):
         self.model, self.tokenizer, self.model_config = model.eval(), tokenizer, model.config
         config = config or EngineConfig()
         if config.max_model_len is None:  # a copy: the caller's config may serve other engines
@@ -185,15 +161,11 @@ class LLMEngine:
     def _check_model_placement(self, config: EngineConfig) -> tuple[torch.device, torch.dtype]:
         param = next(self.model.parameters())
         if config.device is not None and config.device.type != param.device.type:
-            raise ValueError(
-                f"EngineConfig.device={config.device} but the model is on {param.device}: "
-                f"move the model first (model.to('{config.device}')) or leave device=None"
-            )
+            raise ValueError(f"EngineConfig.device={config.device} but the model is on {param.device}: "
+                             f"move the model first (model.to('{config.device}')) or leave device=None")
         if config.dtype is not None and config.dtype != param.dtype:
-            raise ValueError(
-                f"EngineConfig.dtype={config.dtype} but the model's weights are {param.dtype}: "
-                f"convert the model first (model.to({config.dtype})) or leave dtype=None"
-            )
+            raise ValueError(f"EngineConfig.dtype={config.dtype} but the model's weights are {param.dtype}: "
+                             f"convert the model first (model.to({config.dtype})) or leave dtype=None")
         return param.device, param.dtype
 
     def _kv_budget(self) -> int:
@@ -204,19 +176,15 @@ class LLMEngine:
         free, total = torch.cuda.mem_get_info(self.device)
         budget = int(total * c.gpu_memory_utilization) - (total - free)
         if budget <= 0:
-            raise ValueError(
-                f"gpu_memory_utilization={c.gpu_memory_utilization} leaves no memory for the KV cache "
-                f"({(total - free) / 2**30:.1f} GiB of {total / 2**30:.1f} GiB already in use): "
-                f"raise it or set num_gpu_blocks"
-            )
+            raise ValueError(f"gpu_memory_utilization={c.gpu_memory_utilization} leaves no memory for the KV cache "
+                             f"({(total - free) / 2**30:.1f} GiB of {total / 2**30:.1f} GiB already in use): "
+                             f"raise it or set num_gpu_blocks")
         return budget
 
     def _build_kv_cache(self, kv_cache: Any, scheduler: Any) -> Any:
         if kv_cache is None and scheduler is not None and not _is_factory(scheduler):
-            raise ValueError(
-                "a scheduler object was given without its kv cache: pass kv_cache= too "
-                "(the engine's model runner needs the same K/V tensors the scheduler fills)"
-            )
+            raise ValueError("a scheduler object was given without its kv cache: pass kv_cache= too "
+                             "(the engine's model runner needs the same K/V tensors the scheduler fills)")
         if kv_cache is not None and not _is_factory(kv_cache):
             return kv_cache
         mc, c = self.model_config, self.config
@@ -234,25 +202,16 @@ class LLMEngine:
 
     # ---- requests ----------------------------------------------------------------------------------
 
-    def add_request(
-        self,
-        prompt: str | Sequence[int],
-        sampling_params: SamplingParams | None = None,
-        request_id: str | None = None,
-        arrival_time: float | None = None,
-        *,
-        _collect: bool = False,
-    ) -> str:
+    def add_request(self, prompt: str | Sequence[int], sampling_params: SamplingParams | None = None,
+                    request_id: str | None = None, arrival_time: float | None = None, *, _collect: bool = False) -> str:
         """Queue a request; returns its id. Raises (engine unchanged) for a prompt that is not text or
         token ids of this model, and, through the scheduler, for a request that could never run."""
         params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be a labkit SamplingParams, got {type(params).__name__}")
         if params.stop and self.tokenizer is None:
-            raise ValueError(
-                f"stop strings {params.stop!r} need a tokenizer to find them in the text: pass "
-                f"tokenizer= to the engine or use stop_token_ids"
-            )
+            raise ValueError(f"stop strings {params.stop!r} need a tokenizer to find them in the text: pass "
+                             f"tokenizer= to the engine or use stop_token_ids")
         if request_id is None:
             request_id = next(rid for rid in map(str, self._ids) if rid not in self._states)
         if not isinstance(request_id, str):
@@ -270,10 +229,8 @@ class LLMEngine:
     def _tokenize(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
-                raise ValueError(
-                    "this engine has no tokenizer, so prompts must be lists of token ids: "
-                    "pass tokenizer= to the engine or encode the prompt yourself"
-                )
+                raise ValueError("this engine has no tokenizer, so prompts must be lists of token ids: "
+                                 "pass tokenizer= to the engine or encode the prompt yourself")
             if not prompt:
                 raise ValueError("the prompt is empty (''): give at least one character")
             return prompt, encode_text(self.tokenizer, prompt)
@@ -284,19 +241,15 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         bad = [t for t in prompt if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
-            raise ValueError(
-                f"token id {bad[0]!r} is not in the model's vocabulary [0, {vocab}): encode the "
-                f"prompt with this model's tokenizer"
-            )
+            raise ValueError(f"token id {bad[0]!r} is not in the model's vocabulary [0, {vocab}): encode the "
+                             f"prompt with this model's tokenizer")
         return None, list(prompt)
 
     def abort_request(self, request_id: str) -> RequestOutput:
         """Cancel an unfinished request (its blocks are freed); returns its final output."""
         if request_id not in self._states:
-            raise KeyError(
-                f"no unfinished request {request_id!r}: it was never added, or it already "
-                f"finished or was aborted (unfinished: {sorted(self._states)[:10]})"
-            )
+            raise KeyError(f"no unfinished request {request_id!r}: it was never added, or it already "
+                           f"finished or was aborted (unfinished: {sorted(self._states)[:10]})")
         self.scheduler.abort_request(request_id)
         return self._final_output(self._states[request_id])
 
@@ -377,12 +330,9 @@ class LLMEngine:
 
     # ---- batch helpers -----------------------------------------------------------------------------
 
-    def generate(
-        self,
-        prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
-        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-        use_tqdm: bool = True,
-    ) -> list[RequestOutput]:
+    def generate(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
         """Run prompts to completion (together with anything already queued); outputs in prompt order.
 
         sampling_params: one for all prompts, or a list with one per prompt. A prompt that is rejected
@@ -408,10 +358,8 @@ class LLMEngine:
             while pending:
                 outputs = self.step()
                 if self.timeline[-1].num_seqs == 0 and any(rid in self._states for rid in pending):
-                    raise RuntimeError(
-                        f"the scheduler ran nothing while {len(self._states)} requests are "
-                        f"unfinished: it is stuck (a request that never fits?)"
-                    )
+                    raise RuntimeError(f"the scheduler ran nothing while {len(self._states)} requests are "
+                                       f"unfinished: it is stuck (a request that never fits?)")
                 num_tokens += sum(len(o.token_ids) for o in outputs if o.finished)
                 done = {rid for rid in pending if rid in self._collected}  # finished or aborted
                 pending -= done
@@ -419,9 +367,8 @@ class LLMEngine:
                 bar.set_postfix(output_tok_s=f"{num_tokens / (time.monotonic() - t0):.1f}")
         return [self._collected.pop(rid) for rid in ids]
 
-    def stream(
-        self, prompt: str | Sequence[int], sampling_params: SamplingParams | None = None, request_id: str | None = None
-    ) -> Iterator[str]:
+    def stream(self, prompt: str | Sequence[int], sampling_params: SamplingParams | None = None,
+               request_id: str | None = None) -> Iterator[str]:
         """Yield a request's text as it is generated; the pieces joined equal its final text.
         Stepping the engine also advances every other queued request. Closing the iterator early
         aborts the request."""
@@ -459,10 +406,8 @@ def check_protocol(obj: Any, protocol: type) -> None:
     """TypeError naming what `obj` lacks to serve as `protocol` (see labkit.protocols)."""
     missing = protocols.missing_members(obj, protocol)
     if missing:
-        raise TypeError(
-            f"{type(obj).__name__} cannot serve as a {protocol.__name__}: it lacks {missing}. "
-            f"Fix: implement them (see labkit.protocols.{protocol.__name__})"
-        )
+        raise TypeError(f"{type(obj).__name__} cannot serve as a {protocol.__name__}: it lacks {missing}. "
+                        f"Fix: implement them (see labkit.protocols.{protocol.__name__})")
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:

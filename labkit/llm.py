@@ -63,24 +63,13 @@ class LLM:
     arguments other than tokenizer are EngineConfig fields (block_size, num_gpu_blocks, max_num_seqs,
     ...) or the engine's parts (scheduler=, kv_cache=, sampler=)."""
 
-    def __init__(
-        self,
-        model: str | os.PathLike | torch.nn.Module = "smollm2-135m-instruct",
-        tokenizer: Any = None,
-        *,
-        dtype: str | torch.dtype | None = None,
-        device: str | torch.device | None = None,
-        scheduler: Any = None,
-        kv_cache: Any = None,
-        sampler: Any = None,
-        **engine_config: Any,
-    ):
+    def __init__(self, model: str | os.PathLike | torch.nn.Module = "smollm2-135m-instruct", tokenizer: Any = None, *,
+                 dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+                 scheduler: Any = None, kv_cache: Any = None, sampler: Any = None, **engine_config: Any):
         known = {f.name for f in dataclasses.fields(EngineConfig) if f.init}
         if set(engine_config) - known:
-            raise TypeError(
-                f"LLM got unknown arguments {sorted(set(engine_config) - known)}: EngineConfig fields are "
-                f"{sorted(known)}"
-            )
+            raise TypeError(f"LLM got unknown arguments {sorted(set(engine_config) - known)}: EngineConfig fields are "
+                            f"{sorted(known)}")
         config = EngineConfig(dtype=dtype, device=device, **engine_config)
         loaded, tokenizer = loader.load_model(model, tokenizer, config.dtype, config.device)
         self.llm_engine = LLMEngine(loaded, tokenizer, config, scheduler=scheduler, kv_cache=kv_cache, sampler=sampler)

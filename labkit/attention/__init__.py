@@ -140,22 +140,16 @@ class AttentionMetadata:
 def _check_batch(seq_lens: list[int], query_lens: list[int], block_tables: list[list[int]], block_size: int):
     """ValueError naming the first sequence whose lengths or block table do not describe a valid step."""
     if not (len(seq_lens) == len(query_lens) == len(block_tables)):
-        raise ValueError(
-            f"seq_lens, query_lens and block_tables must have one entry per sequence; got "
-            f"lengths {len(seq_lens)}, {len(query_lens)}, {len(block_tables)}. "
-            f"Fix: pass one of each per sequence."
-        )
+        raise ValueError(f"seq_lens, query_lens and block_tables must have one entry per sequence; got "
+                         f"lengths {len(seq_lens)}, {len(query_lens)}, {len(block_tables)}. "
+                         f"Fix: pass one of each per sequence.")
     for i, (L, q, bt) in enumerate(zip(seq_lens, query_lens, block_tables)):
         if not 1 <= q <= L:
-            raise ValueError(
-                f"sequence {i}: query_len {q} must satisfy 1 <= query_len <= seq_len ({L}). "
-                f"Fix: seq_len counts cached + new tokens, so it is at least the number of new tokens."
-            )
+            raise ValueError(f"sequence {i}: query_len {q} must satisfy 1 <= query_len <= seq_len ({L}). "
+                             f"Fix: seq_len counts cached + new tokens, so it is at least the number of new tokens.")
         if L > len(bt) * block_size:
-            raise ValueError(
-                f"sequence {i}: seq_len {L} needs {-(-L // block_size)} blocks of {block_size} tokens, "
-                f"but its block table has {len(bt)}. Fix: allocate blocks before running the step."
-            )
+            raise ValueError(f"sequence {i}: seq_len {L} needs {-(-L // block_size)} blocks of {block_size} tokens, "
+                             f"but its block table has {len(bt)}. Fix: allocate blocks before running the step.")
 
 
 def get_backend(name: str | None = None) -> ModuleType:
