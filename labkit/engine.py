@@ -443,14 +443,11 @@ def _params_per_prompt(params: Any, n: int) -> list[Any]:
     return [params] * n
 
 
-# The facade and the chat template moved to labkit.llm; these names stay importable from here.
-_LLM_NAMES = ("LLM", "SMOLLM2_SYSTEM_PROMPT", "apply_chat_template", "load_model")
-
-
 def __getattr__(name: str):
-    if name in _LLM_NAMES:
-        from labkit import llm
+    """The facade and the chat template moved to labkit.llm; their names stay importable from here."""
+    from labkit import llm
 
+    if name in llm.__all__:
         return getattr(llm, name)
     raise AttributeError(f"module 'labkit.engine' has no attribute {name!r}")
 

@@ -17,7 +17,7 @@ What it does not do
 - It does not decide who runs or who is preempted: the Scheduler does, through
   `get_computed_blocks`, `allocate_slots` and `free`. It knows requests only by their id.
 - No swapping to CPU memory, no sliding windows, no copy-on-write: a block held by two requests is
-  always full, so no one ever writes into a shared block (`check_invariants` asserts it).
+  always full, so no one ever writes into a shared block (tests/kv_invariants.py asserts it).
 
 Prefix caching
 - The hash of block i is `hash_block_tokens(hash of block i-1, token ids of block i)`, so equal hashes

@@ -5,7 +5,7 @@ that exist. Every byte count is a sum over real tensors' storages, each storage 
 a tied weight or a tensor saved twice for backward does not count twice):
 
     fp = training_step_footprint(model, loss_fn)      # parameters, .grad, AdamW state, saved activations
-    fp = inference_footprint(model, forward_fn, kv)   # parameters, KV cache, peak of the pass's tensors
+    fp = inference_step_footprint(model, forward_fn, kv)   # parameters, KV cache, peak of the pass's tensors
     trace = greedy_decode(model, prompt_ids, 256, cached=True)   # ids, seconds per step, token-forwards
 
 Decoding with and without a KV cache, on any labkit LlamaForCausalLM: `SequenceKVCache` (one
@@ -37,8 +37,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from labkit.attention import AttentionMetadata
+from labkit.attention import AttentionMetadata, paged_attention
 from labkit.kv_cache import allocate_kv_caches
+from labkit.loader import open_gguf
 
 
 # ---------------------------------------------------------------------------------------------- bytes
@@ -209,7 +210,7 @@ def training_step_footprint(
     return fp
 
 
-def inference_footprint(
+def inference_step_footprint(
     model: torch.nn.Module,
     forward_fn: Callable[[torch.nn.Module], object],
     kv_cache: Iterable[torch.Tensor] = (),
@@ -463,8 +464,6 @@ def decode_attention(
     (T, H_kv, D): the T previous tokens. Returns (out (H, D), k_cache (T+1, H_kv, D), v_cache (T+1, H_kv, D)):
     the new token's K/V appended, and softmax(q k^T / sqrt(D)) v over all T+1 tokens, query head h
     reading KV head h // (H // H_kv)."""
-    from labkit.attention import paged_attention
-
     H, D = q.shape
     T, Hkv, _ = k_cache.shape
     assert k_new.shape == v_new.shape == (Hkv, D) and v_cache.shape == k_cache.shape, "shapes disagree"
@@ -483,8 +482,6 @@ def gguf_tensor_bytes(path: str | None = None) -> dict[str, tuple[int, int]]:
 
     Default: the SmolLM2-135M-Instruct asset. The bytes are what the file stores for each tensor (packed
     4-bit or 8-bit values plus their per-block scales), read from the file's own tensor table."""
-    from labkit.loader import open_gguf
-
     reader = open_gguf(path)
     out: dict[str, tuple[int, int]] = {}
     for t in reader.tensors:
@@ -520,3 +517,11 @@ def time_uncached_steps(
         last_token_logits(model, ids[:length])
         out.append((int(length), time.perf_counter() - t0))
     return out
+
+
+def __getattr__(name: str):
+    """`inference_footprint`, this function's old name, clashed with labkit.memory.inference_footprint
+    (a formula of another type); it stays importable until the chapter-2 notebook uses the new name."""
+    if name == "inference_footprint":
+        return inference_step_footprint
+    raise AttributeError(f"module 'labkit.measure' has no attribute {name!r}")

@@ -283,26 +283,11 @@ class LlamaForCausalLM(nn.Module):
         return self.model.embed_tokens.weight.dtype
 
 
-
-# Loaders live in labkit.loader; these names stay importable from here for older code and notebooks.
-_LOADER_NAMES = (
-    "GGUF_ASSET",
-    "GGUFInfo",
-    "config_from_hf",
-    "converted_path",
-    "from_hf_dir",
-    "from_hf_model",
-    "load_gguf",
-    "load_state_dict",
-    "random_model",
-    "unpermute_gguf_qk",
-)
-
-
 def __getattr__(name: str):
-    if name in _LOADER_NAMES:
-        from labkit import loader
+    """The loaders moved to labkit.loader; their names stay importable from here for older code."""
+    from labkit import loader
 
+    if name in loader.__all__:
         return getattr(loader, name)
     raise AttributeError(f"module 'labkit.model' has no attribute {name!r}")
 

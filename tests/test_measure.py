@@ -157,10 +157,10 @@ def test_training_step_footprint_needs_a_scalar_loss_and_trainable_params():
         measure.training_step_footprint(model, lambda m: measure.causal_lm_loss(m, [[1, 2, 3]]))
 
 
-def test_inference_footprint_counts_no_gradients_and_the_cache_apart():
+def test_inference_step_footprint_counts_no_gradients_and_the_cache_apart():
     model = random_model(TINY)
     cache = measure.SequenceKVCache(model, max_len=20)
-    fp = measure.inference_footprint(
+    fp = measure.inference_step_footprint(
         model, lambda m: cache.forward(list(range(20))), kv_cache=cache.tensors()
     )
     assert fp.gradients == fp.optimizer_states == 0

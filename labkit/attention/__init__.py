@@ -172,16 +172,8 @@ def store_kvcache(
     get_backend(backend).store_kvcache(k, v, k_cache, v_cache, slot_mapping)
 
 
-def paged_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    scale: float,
-    backend: str | None = None,
-) -> torch.Tensor:
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float, backend: str | None = None) -> torch.Tensor:
     """Store the new k, v in the paged cache, then attend. q (T, H, D); k, v (T, Hkv, D) -> (T, H, D)."""
     T, H, D = q.shape
     assert k.shape == v.shape and k.shape[0] == T and k.shape[2] == D, (q.shape, k.shape, v.shape)

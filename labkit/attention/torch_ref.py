@@ -152,15 +152,8 @@ def attention(
     return out
 
 
-def paged_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    scale: float,
-) -> torch.Tensor:
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """Store this step's k, v at meta.slot_mapping, then attend: q (T, H, D) -> (T, H, D)."""
     plan = _plan(meta, k_cache.shape[1], fresh_ok=True)
     _store(k, v, k_cache, v_cache, plan.store_slots, plan.store_rows)
