@@ -54,11 +54,11 @@ formgrader: assets
 lab-solutions: assets
 	$(JUPYTER_LAB) --ServerApp.root_dir=solutions $(LAB_ARGS)
 
-# Headless Chromium and its WebDriver from Debian, for tests/test_browser.py (needs apt-get, i.e. root).
+# Headless Chromium, its WebDriver and a Japanese font from Debian, for tests/test_browser.py (apt-get, as root).
+BROWSER_PKGS := chromium chromium-driver fonts-ipafont-gothic
 browser-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-			chromium chromium-driver; }
+	@dpkg -s $(BROWSER_PKGS) >/dev/null 2>&1 || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PKGS); }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check labkit tests bench autograder
