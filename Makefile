@@ -64,4 +64,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check labkit tests bench autograder
 
 clean:
-	rm -rf $(VENV) build *.egg-info labkit.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info labkit.egg-info .pytest_cache .ruff_cache .hypothesis
