@@ -15,7 +15,8 @@ LAB_ARGS  ?=
 WORKSPACE ?= workspace
 # JupyterLab refuses to run as root unless told it may.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
-DEPS_HASH := $(shell cat pyproject.toml environment.yml | sha256sum | cut -c1-16)
+# sha256sum on Linux, shasum on macOS
+DEPS_HASH := $(shell cat pyproject.toml environment.yml | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16)
 STAMP     := $(VENV)/.installed-$(DEPS_HASH)
 TORCH     := torch==2.13.0
 JUPYTER_LAB = $(VENV)/bin/jupyter lab --no-browser --ip=$(HOST) --port=$(PORT) $(ROOT_FLAG)
