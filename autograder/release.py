@@ -9,8 +9,9 @@ Steps: (1) the solution notebooks are cleaned in place (outputs, execution count
 metadata; see course.clean_notebook); (2) nbgrader generate_assignment runs with --force and without
 a gradebook (the --no-db settings) into a temporary directory: solution regions become stubs that
 name their task, hidden tests disappear, test cells are locked and checksummed; (3) the generated
-notebooks are cleaned and copied into notebooks/lab0.1/, files no longer in solutions/ are removed.
-The result depends only on solutions/, so running it twice changes nothing.
+notebooks are cleaned, every code cell gets the `raises-exception` tag (see RUN_ALL_TAG), and they are
+copied into notebooks/lab0.1/; files no longer in solutions/ are removed. The result depends only on
+solutions/, so running it twice changes nothing.
 
 Students work in workspace/ (`make lab` copies the release there; labkit/workspace.py), which a
 release never writes. Someone may still have edited notebooks/ itself: before writing, every file the
@@ -36,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nbformat.notebooknode import NotebookNode
+
 from autograder.course import (
     ASSIGNMENT,
     RELEASE_DIR,
@@ -57,6 +60,23 @@ def clean_sources(root: Path = ROOT) -> list[Path]:
         for p in notebooks(root / SOURCE_DIR / ASSIGNMENT)
         if write_notebook(clean_notebook(read_notebook(p)), p)
     ]
+
+
+# JupyterLab's Run All (and nbclient) goes on past a failing cell that carries this tag; the error still
+# shows in the cell. In a chapter a student has just started, every stub and every check of an unwritten
+# answer fails, and without the tag Run All would stop at the first one, before the chapter's widgets and
+# experiments. nbgrader runs every cell regardless (allow_errors) and scores a failing test cell zero.
+RUN_ALL_TAG = "raises-exception"
+
+
+def tag_for_run_all(nb: NotebookNode) -> NotebookNode:
+    """Add RUN_ALL_TAG to every code cell of nb (in place)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            tags = cell.metadata.setdefault("tags", [])
+            if RUN_ALL_TAG not in tags:
+                tags.append(RUN_ALL_TAG)
+    return nb
 
 
 def generate_assignment(
@@ -84,7 +104,7 @@ def generate_assignment(
     run_nbgrader(app, "generate_assignment")
     out = Path(coursedir.format_path(coursedir.release_directory, ".", ASSIGNMENT)).resolve()
     for p in notebooks(out):
-        write_notebook(clean_notebook(read_notebook(p)), p)
+        write_notebook(tag_for_run_all(clean_notebook(read_notebook(p))), p)
     return out
 
 
