@@ -154,6 +154,8 @@ def test_run_all_in_the_browser_reaches_the_last_cell_and_renders_a_widget(chrom
             buttons[1].click()
             _wait(driver, "the widget to redraw for the other tokenizer", 30, lambda: box.text != before)
             time.sleep(1)
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+            time.sleep(1)
             driver.save_screenshot(str(shot))
         finally:
             driver.quit()
