@@ -12,19 +12,20 @@ DEMO_ARGS ?=
 BUNDLE_ARGS ?=
 RELEASE_NB := $(patsubst solutions/%,notebooks/%,$(wildcard solutions/lab0.1/*.ipynb))
 
-.PHONY: test release grade demo bench lint clean help student-bundle formgrader lab-solutions browser-deps
+.PHONY: lab test venv assets release grade demo bench lint clean help
+.PHONY: student-bundle formgrader lab-solutions browser-deps
 
 help:
 	@echo "make lab      JupyterLab on your working copy $(WORKSPACE)/, seeded from notebooks/ (HOST=$(HOST) PORT=$(PORT))"
 	@echo "make test     the whole test suite (what CI runs)"
 	@echo "make release  regenerate notebooks/ (student release) from solutions/"
 	@echo "make grade    autograde the submissions in autograder/submitted/"
-	@echo "make formgrader     nbgrader's formgrader for this course (JupyterLab at /formgrader)"
-	@echo "make lab-solutions  JupyterLab on solutions/ (the instructor's notebooks)"
-	@echo "make student-bundle dist/*.tar.gz: release, labkit, environment, student README and Makefile"
 	@echo "make demo     SmolLM2 on CPU: 8 prompts batched, against HF generate"
 	@echo "make bench    the benchmark scripts in bench/"
 	@echo "make lint     ruff"
+	@echo "make formgrader     nbgrader's formgrader for this course (JupyterLab at /formgrader)"
+	@echo "make lab-solutions  JupyterLab on solutions/ (the instructor's notebooks)"
+	@echo "make student-bundle dist/*.tar.gz: release, labkit, environment, student README and Makefile"
 	@echo "make clean    remove .venv and build leftovers (not the asset cache)"
 
 test: assets

@@ -55,33 +55,10 @@ from autograder.course import (
 
 def clean_sources(root: Path = ROOT) -> list[Path]:
     """Clean every solution notebook in place; returns those whose file changed."""
-    return [
-        p
-        for p in notebooks(root / SOURCE_DIR / ASSIGNMENT)
-        if write_notebook(clean_notebook(read_notebook(p)), p)
-    ]
+    return [p for p in notebooks(root / SOURCE_DIR / ASSIGNMENT) if write_notebook(clean_notebook(read_notebook(p)), p)]
 
 
-# JupyterLab's Run All (and nbclient) goes on past a failing cell that carries this tag; the error still
-# shows in the cell. In a chapter a student has just started, every stub and every check of an unwritten
-# answer fails, and without the tag Run All would stop at the first one, before the chapter's widgets and
-# experiments. nbgrader runs every cell regardless (allow_errors) and scores a failing test cell zero.
-RUN_ALL_TAG = "raises-exception"
-
-
-def tag_for_run_all(nb: NotebookNode) -> NotebookNode:
-    """Add RUN_ALL_TAG to every code cell of nb (in place)."""
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            tags = cell.metadata.setdefault("tags", [])
-            if RUN_ALL_TAG not in tags:
-                tags.append(RUN_ALL_TAG)
-    return nb
-
-
-def generate_assignment(
-    root: Path = ROOT, release_root: Path | None = None, *, with_db: bool = False
-) -> Path:
+def generate_assignment(root: Path = ROOT, release_root: Path | None = None, *, with_db: bool = False) -> Path:
     """nbgrader generate_assignment of root's solutions into <release_root>/lab0.1 (cleaned).
 
     release_root defaults to root/notebooks. with_db=True also records the assignment, its
@@ -106,6 +83,23 @@ def generate_assignment(
     for p in notebooks(out):
         write_notebook(tag_for_run_all(clean_notebook(read_notebook(p))), p)
     return out
+
+
+# JupyterLab's Run All (and nbclient) goes on past a failing cell that carries this tag; the error still
+# shows in the cell. In a chapter a student has just started, every stub and every check of an unwritten
+# answer fails, and without the tag Run All would stop at the first one, before the chapter's widgets and
+# experiments. nbgrader runs every cell regardless (allow_errors) and scores a failing test cell zero.
+RUN_ALL_TAG = "raises-exception"
+
+
+def tag_for_run_all(nb: NotebookNode) -> NotebookNode:
+    """Add RUN_ALL_TAG to every code cell of nb (in place)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            tags = cell.metadata.setdefault("tags", [])
+            if RUN_ALL_TAG not in tags:
+                tags.append(RUN_ALL_TAG)
+    return nb
 
 
 def _files(directory: Path) -> dict[str, Path]:
