@@ -13,7 +13,6 @@ BUNDLE_ARGS ?=
 RELEASE_NB := $(patsubst solutions/%,notebooks/%,$(wildcard solutions/lab0.1/*.ipynb))
 
 .PHONY: lab test venv assets release grade demo bench lint clean help
-.PHONY: student-bundle formgrader lab-solutions browser-deps
 
 help:
 	@echo "make lab      JupyterLab on your working copy $(WORKSPACE)/, seeded from notebooks/ (HOST=$(HOST) PORT=$(PORT))"
@@ -42,6 +41,8 @@ demo: assets
 
 bench: assets
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f $(BENCH_ARGS) || exit 1; done
+
+.PHONY: student-bundle formgrader lab-solutions browser-deps
 
 student-bundle: $(STAMP)
 	$(PY) -m autograder.bundle $(BUNDLE_ARGS)
