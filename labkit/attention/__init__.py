@@ -42,7 +42,7 @@ import torch
 # backend name -> module that implements it. The single place a backend is registered.
 BACKENDS: dict[str, str] = {
     "torch": "labkit.attention.torch_ref",
-    # "triton": "labkit.attention.triton",   # CUDA kernels (a later issue)
+    "triton": "labkit.attention.triton",  # CUDA kernels that read the paged cache in place
 }
 DEFAULT_BACKEND = "torch"
 
