@@ -13,8 +13,9 @@ Sections (all in the same process, so every ratio compares numbers measured minu
    head dim 128, bf16). GB/s counts the K/V bytes the step must read (every cached token once) plus q
    and the output. Next to it: SDPA on the same K/V laid out contiguous (no paging: what a dense kernel
    reaches), and the torch reference backend (gather into a padded tensor, then SDPA). Each kernel's
-   output is checked against SDPA's. Small cases fit in the 60 MB L2 and are launch-bound: read the
-   headline at batch 64 x 2,048 (537 MB of K/V).
+   output is checked against SDPA's. The Triton kernel and SDPA are timed as CUDA-graph replays (as
+   the engine runs decode steps: no launch overhead), the torch reference eagerly. Small cases fit in
+   the 60 MB L2: read the headline at batch 64 x 2,048 (537 MB of K/V).
 3. roofline: the fastest the workload could run on this device, from section 1's two ceilings:
    every decode step reads the weights once and each running request's K/V once (at copy bandwidth)
    or does its FLOPs (at the matrix rate), whichever is slower; prefill is FLOPs at the matrix rate.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import sys
@@ -72,6 +74,16 @@ def cuda_time_ms(fn, warmup: int = 5, iters: int = 50) -> float:
         b.synchronize()
         times.append(a.elapsed_time(b))
     return float(np.median(times))
+
+
+def graphed(fn):
+    """fn captured in a CUDA graph (after a warm-up call): returns the replay."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 # ---- 1. ceilings -------------------------------------------------------------------------------------
@@ -149,7 +161,8 @@ def decode_attention_row(batch: int, ctx: int, copy_gbs: float, iters: int) -> d
     err = ((out.float() - expected).norm() / expected.norm()).item()
     assert err < 2e-2, f"triton decode differs from SDPA at batch {batch}, ctx {ctx}: relative error {err:.2e}"
     row = {"batch": batch, "context": ctx, "kv_MB": bytes_moved / 1e6, "rel_err_vs_sdpa": err}
-    for name, fn in (("triton", kernel), ("sdpa_contiguous", sdpa), ("torch_ref_gather", reference)):
+    # the engine replays decode steps as CUDA graphs: time the kernels the same way (no launch overhead)
+    for name, fn in (("triton", graphed(kernel)), ("sdpa_contiguous", graphed(sdpa)), ("torch_ref_gather", reference)):
         if name == "torch_ref_gather" and batch * ctx > 64 * 8192:
             continue  # its padded copy at 256 x 8192 is 4.3 GB per tensor: skipped
         ms = cuda_time_ms(fn, iters=iters)
@@ -275,6 +288,190 @@ def roofline(prompt_lens, output_lens, cfg: dict, copy_gbs: float, tflops: float
     }
 
 
+# ---- 4. engine --------------------------------------------------------------------------------------
+
+
+def build_models():
+    """transformers' Qwen3ForCausalLM with random bf16 weights on the GPU, and labkit's copy of it."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from labkit.loader import from_hf_model
+
+    cfg = Qwen3Config(**QWEN3_06B, max_position_embeddings=40960, rms_norm_eps=1e-6)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        hf = Qwen3ForCausalLM(cfg).to(torch.bfloat16).eval()
+    hf.generation_config.eos_token_id = None  # ignore EOS (random weights: it would end at random)
+    return hf, from_hf_model(hf)
+
+
+class TimedSampler:
+    """Wraps the engine's sampler and measures, per step, how long the host waits for the GPU (the one
+    synchronisation of a step is reading the sampled tokens; doing it here moves it, nothing more)."""
+
+    def __init__(self, engine):
+        self.inner, self.engine, self.waits = engine.sampler, engine, {}
+
+    def sample(self, logits, params, generators=None):
+        tokens = self.inner.sample(logits, params, generators)
+        t0 = time.perf_counter()
+        torch.cuda.synchronize()
+        self.waits[len(self.engine.timeline)] = time.perf_counter() - t0  # keyed by the step's index
+        return tokens
+
+
+def run_labkit(model, prompts, output_lens, temperature: float, **config) -> dict:
+    from labkit.llm import LLM
+    from labkit.sampler import SamplingParams
+
+    t0 = time.perf_counter()
+    llm = LLM(model, **config)
+    engine = llm.llm_engine
+    setup_s = time.perf_counter() - t0
+    params = [SamplingParams(temperature=temperature, max_tokens=n, ignore_eos=True) for n in output_lens]
+    llm.generate(
+        prompts[:4], [SamplingParams(temperature=temperature, max_tokens=4, ignore_eos=True)] * 4, use_tqdm=False
+    )
+    engine.reset_timeline()
+    timer = TimedSampler(engine)
+    engine.sampler = timer
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(o.token_ids) for o in outs)
+    assert [len(o.token_ids) for o in outs] == list(output_lens), "every request must run to max_tokens"
+    steps = engine.timeline
+    decode = [s for s in steps if s.num_prefill_tokens == 0]
+    wall = sum(s.duration_s for s in decode)
+    wait = sum(timer.waits.get(s.step, 0.0) for s in decode)
+    sc = engine.scheduler_config
+    res = {
+        "config": {
+            "max_num_seqs": sc.max_num_seqs,
+            "max_num_batched_tokens": sc.max_num_batched_tokens,
+            "num_gpu_blocks": engine.kv_cache.num_blocks,
+            "block_size": engine.kv_cache.block_size,
+            "runner": type(engine.runner).__name__,
+        },
+        "setup_s": setup_s,
+        "seconds": seconds,
+        "output_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "steps": len(steps),
+        "decode_steps": len(decode),
+        "decode_step_ms": 1e3 * wall / max(1, len(decode)),
+        "decode_host_ms": 1e3 * (wall - wait) / max(1, len(decode)),
+        "decode_host_share": (wall - wait) / wall if wall else None,
+        "graph_steps": getattr(engine.runner, "num_graph_steps", 0),
+    }
+    del llm, engine, timer, outs
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+def run_hf(hf, prompts, output_lens, temperature: float, batch_size: int) -> dict:
+    """HF generate as a user runs it: batches of batch_size prompts, left-padded, sampling at the same
+    temperature (top-k and top-p off), every row until the batch's longest requested output."""
+    t0 = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(prompts), batch_size):
+        ps, outs = prompts[i : i + batch_size], output_lens[i : i + batch_size]
+        width = max(len(p) for p in ps)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in ps], device="cuda")
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device="cuda")
+        with torch.no_grad():
+            out = hf.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max(outs),
+                min_new_tokens=max(outs),
+                do_sample=True,
+                temperature=temperature,
+                top_k=None,
+                top_p=None,
+                pad_token_id=0,
+            )
+        assert out.shape[1] == width + max(outs)
+        tokens += sum(outs)  # the tokens the requests asked for (HF makes more: padding rows run on)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "output_tokens": tokens, "tokens_per_s": tokens / seconds, "batch_size": batch_size}
+
+
+def bench_engine(res: dict, quick: bool) -> None:
+    hf, model = build_models()
+    temp = 0.6  # nano-vllm's benchmark samples at 0.6
+    n_full = 32 if quick else 256
+    prompts, output_lens = workload(n_full)
+    small = workload(16 if quick else 64, 100, 512)
+    eng = res["engine"] = {
+        "workload": f"{n_full} requests, prompt and output lengths U[100, 1024], seed 0",
+        "hf_workload": f"{len(small[0])} requests, lengths U[100, 512], seed 0",
+    }
+    runs = [
+        ("labkit_tuned", prompts, output_lens, dict(max_num_seqs=256, max_num_batched_tokens=16384)),
+        ("labkit_default", prompts, output_lens, {}),
+        ("labkit_default_small", *small, {}),
+        ("labkit_eager_small", *small, dict(enforce_eager=True)),  # no CUDA graphs
+    ]
+    for name, ps, outs, config in runs:
+        eng[name] = r = run_labkit(model, ps, outs, temp, **config)
+        print(
+            f"  {name:22s} {r['tokens_per_s']:8.0f} tok/s  ({r['output_tokens']} tokens in {r['seconds']:.2f} s; "
+            f"decode step {r['decode_step_ms']:.2f} ms, host {r['decode_host_ms']:.2f} ms "
+            f"= {100 * (r['decode_host_share'] or 0):.0f}%; {r['config']})",
+            flush=True,
+        )
+    eng["hf_small"] = r = run_hf(hf, *small, temp, batch_size=len(small[0]))
+    print(
+        f"  hf_generate_small      {r['tokens_per_s']:8.0f} tok/s  ({r['output_tokens']} tokens, {r['seconds']:.2f} s)"
+    )
+    roof = res["roofline"]["tokens_per_s"]
+    eng["roofline_share_tuned"] = eng["labkit_tuned"]["tokens_per_s"] / roof
+    eng["roofline_share_default"] = eng["labkit_default"]["tokens_per_s"] / roof
+    eng["ratio_vs_hf_small"] = eng["labkit_default_small"]["tokens_per_s"] / eng["hf_small"]["tokens_per_s"]
+    print(
+        f"  roofline share: tuned {100 * eng['roofline_share_tuned']:.1f}%, default "
+        f"{100 * eng['roofline_share_default']:.1f}%; labkit / HF on the small workload: "
+        f"{eng['ratio_vs_hf_small']:.1f}x",
+        flush=True,
+    )
+
+
+def engine_markdown(res: dict) -> list[str]:
+    eng = res["engine"]
+    lines = [
+        "## Engine (Qwen3-0.6B shape, random bf16 weights, temperature 0.6, EOS ignored)",
+        "",
+        f"Workload: {eng['workload']}; HF comparison on {eng['hf_workload']} (HF on the full one takes minutes).",
+        "",
+        "| run | workload | config | output tok/s | decode step ms | host ms (share) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name in ("labkit_tuned", "labkit_default", "labkit_default_small", "labkit_eager_small"):
+        r = eng[name]
+        c = r["config"]
+        cfg = f"{c['max_num_seqs']} seqs, {c['max_num_batched_tokens']} tokens, {c['runner']}"
+        wl = "small" if name.endswith("small") else "full"
+        lines.append(
+            f"| {name} | {wl} | {cfg} | {r['tokens_per_s']:.0f} | {r['decode_step_ms']:.2f} | "
+            f"{r['decode_host_ms']:.2f} ({100 * (r['decode_host_share'] or 0):.0f}%) |"
+        )
+    r = eng["hf_small"]
+    lines += [
+        f"| HF generate (batch {r['batch_size']}, left-padded) | small | - | {r['tokens_per_s']:.0f} | - | - |",
+        "",
+        f"labkit at {100 * eng['roofline_share_tuned']:.1f}% of the roofline tuned, "
+        f"{100 * eng['roofline_share_default']:.1f}% with the default configuration; "
+        f"{eng['ratio_vs_hf_small']:.1f}x HF generate on the small workload (default configuration).",
+        "",
+    ]
+    return lines
+
+
 # ---- main -------------------------------------------------------------------------------------------
 
 
@@ -355,7 +552,8 @@ def main() -> None:
     if args.tune:
         res["tune"] = tune_decode(c["copy_GBps"])
     if args.only in (None, "engine"):
-        raise SystemExit("section 4 (engine) comes with the engine integration")
+        bench_engine(res, args.quick)
+        res["markdown"] = [engine_markdown(res)]
     res["wall_s"] = time.perf_counter() - t0
     out_dir = args.out or (None if args.quick else ROOT / "bench" / "results")
     if out_dir is not None:
