@@ -164,6 +164,14 @@ class CUDAGraphRunner(ModelRunner):
         return logits[:n], [s.request_id for s in scheduled]
 
 
+def make_runner(model: torch.nn.Module, kv_cache, device: torch.device, config, max_num_seqs: int) -> ModelRunner:
+    """The engine's runner: CUDAGraphRunner on CUDA with Triton attention (unless config.enforce_eager),
+    else the plain ModelRunner. kv_cache: a PagedKVCache-like object; config: an EngineConfig."""
+    if config.enforce_eager or not graphs_supported(model, device):
+        return ModelRunner(model, kv_cache.kv_caches, kv_cache.block_size, device)
+    return CUDAGraphRunner(model, kv_cache.kv_caches, kv_cache.block_size, device, max_num_seqs, config.max_model_len)
+
+
 @torch.inference_mode()
 def kv_cache_budget(
     model: torch.nn.Module,
@@ -218,4 +226,7 @@ def kv_cache_budget(
     return budget
 
 
-__all__ = ["CUDAGraphRunner", "CUDA_MAX_NUM_BATCHED_TOKENS", "CUDA_MAX_NUM_SEQS", "kv_cache_budget"]
+__all__ = [
+    "CUDAGraphRunner", "CUDA_MAX_NUM_BATCHED_TOKENS", "CUDA_MAX_NUM_SEQS", "graphs_supported", "kv_cache_budget",
+    "make_runner",
+]

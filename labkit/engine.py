@@ -43,17 +43,10 @@ from typing import Any
 import torch
 
 from labkit import protocols
-from labkit.cuda_runner import (
-    CUDA_MAX_NUM_BATCHED_TOKENS,
-    CUDA_MAX_NUM_SEQS,
-    CUDAGraphRunner,
-    graphs_supported,
-    kv_cache_budget,
-)
+from labkit.cuda_runner import CUDA_MAX_NUM_BATCHED_TOKENS, CUDA_MAX_NUM_SEQS, kv_cache_budget, make_runner
 from labkit.kv_cache import PagedKVCache
 from labkit.metrics import StepStats, timeline_columns
 from labkit.outputs import RequestOutput, RequestText, new_detokenizer
-from labkit.runner import ModelRunner
 from labkit.sampler import Sampler, SamplingParams, make_generator
 from labkit.scheduler import FinishReason, Request, RequestStatus, Scheduler, SchedulerConfig
 
@@ -161,7 +154,7 @@ class LLMEngine:
         check_protocol(self.kv_cache, protocols.KVCache)
         check_protocol(self.scheduler, protocols.Scheduler)
         check_protocol(self.sampler, protocols.Sampler)
-        self.runner = self._build_runner()
+        self.runner = make_runner(model, self.kv_cache, self.device, config, self.scheduler_config.max_num_seqs)
         eos = model.config.eos_token_ids or [getattr(tokenizer, "eos_token_id", None)]
         self.eos_token_id = eos_token_id if eos_token_id is not None else eos[0]
         self.skip_special_tokens = skip_special_tokens
@@ -191,14 +184,6 @@ class LLMEngine:
         sc = self.scheduler_config  # what is left of our share after a warm-up forward of the largest step
         return kv_cache_budget(self.model, c.block_size, sc.max_num_batched_tokens, sc.max_num_seqs, c.max_model_len,
                                c.gpu_memory_utilization)
-
-    def _build_runner(self) -> ModelRunner:
-        """On CUDA with the Triton attention backend, decode steps replay CUDA graphs (unless enforce_eager)."""
-        kv, c = self.kv_cache, self.config
-        if c.enforce_eager or not graphs_supported(self.model, self.device):
-            return ModelRunner(self.model, kv.kv_caches, kv.block_size, self.device)
-        return CUDAGraphRunner(self.model, kv.kv_caches, kv.block_size, self.device, self.scheduler_config.max_num_seqs,
-                               c.max_model_len)
 
     def _build_kv_cache(self, kv_cache: Any, scheduler: Any) -> Any:
         if kv_cache is None and scheduler is not None and not _is_factory(scheduler):

@@ -123,29 +123,20 @@ class Sampler:
         if not rows:
             return out
         dev = logits.device
-        u = torch.rand(len(rows), device=dev)  # one uniform per row; a row with its own generator draws its own
-        for j, i in enumerate(rows):
-            if generators[i] is not None:
-                u[j] = _uniform(generators[i], dev)[0]
-        filtered = [p.top_k != -1 or p.top_p < 1 for p in (params[i] for i in rows)]
-        plain = [j for j, f in enumerate(filtered) if not f]
-        if plain:  # no top-k/top-p: inverse CDF in vocabulary order, no sort of the vocabulary
-            idx = torch.tensor([rows[j] for j in plain]).to(dev, non_blocking=True)
-            temp = torch.tensor([params[rows[j]].temperature for j in plain]).to(dev, non_blocking=True)
-            cdf = (logits[idx] / temp[:, None]).softmax(dim=-1).cumsum(dim=-1)  # (R, V)
-            tokens = _inverse_cdf(cdf, u[torch.tensor(plain).to(dev, non_blocking=True)])
-            out[idx] = tokens.clamp_max(V - 1)
-        if len(plain) < len(rows):
-            sel = [j for j, f in enumerate(filtered) if f]
-            idx = torch.tensor([rows[j] for j in sel], device=dev)
-            temp = torch.tensor([params[rows[j]].temperature for j in sel], device=dev)
-            top_k = torch.tensor([params[rows[j]].top_k for j in sel], device=dev)
-            top_p = torch.tensor([params[rows[j]].top_p for j in sel], device=dev)
-            sorted_logits, order, drop = _filter_sorted(logits[idx] / temp[:, None], top_k, top_p)
-            probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)  # (R, V), sorted order
-            rank = _inverse_cdf(probs.cumsum(dim=-1), u[torch.tensor(sel, device=dev)])
-            last_kept = (~drop).sum(dim=-1) - 1  # survivors are a prefix; never step past it
-            out[idx] = order.gather(1, torch.minimum(rank, last_kept)[:, None]).squeeze(1)
+        seeded = any(generators[i] is not None for i in rows)  # else one draw for all rows, not one per row
+        u = torch.cat([_uniform(generators[i], dev) for i in rows]) if seeded else torch.rand(len(rows), device=dev)
+        idx = torch.tensor(rows, device=dev)
+        temp = torch.tensor([params[i].temperature for i in rows], device=dev)
+        if all(params[i].top_k == -1 and params[i].top_p == 1 for i in rows):  # no filter: no vocabulary sort
+            out[idx] = _inverse_cdf((logits[idx] / temp[:, None]).softmax(dim=-1).cumsum(dim=-1), u).clamp_max(V - 1)
+            return out
+        top_k = torch.tensor([params[i].top_k for i in rows], device=dev)
+        top_p = torch.tensor([params[i].top_p for i in rows], device=dev)
+        sorted_logits, order, drop = _filter_sorted(logits[idx] / temp[:, None], top_k, top_p)
+        probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)  # (R, V), sorted order
+        rank = _inverse_cdf(probs.cumsum(dim=-1), u)
+        last_kept = (~drop).sum(dim=-1) - 1  # survivors are a prefix; never step past it
+        out[idx] = order.gather(1, torch.minimum(rank, last_kept)[:, None]).squeeze(1)
         return out
 
 

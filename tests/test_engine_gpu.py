@@ -122,3 +122,29 @@ def test_torch_backend_forced_runs_eagerly(monkeypatch):
     monkeypatch.delenv("LABKIT_ATTENTION_BACKEND")
     engine = LLMEngine(model, None, EngineConfig(num_gpu_blocks=256, max_model_len=512))
     assert [o.token_ids for o in engine.generate(ps, params, use_tqdm=False)] == torch_tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 64), (37, 1024), (300, 8, 128), (5, 16, 576)])
+def test_fused_rms_norm_and_rope_match_torch(monkeypatch, dtype, shape):
+    """labkit/fused.py against the torch code of labkit/model.py (LABKIT_FUSED=0), outputs poisoned first."""
+    from labkit import fused
+    from labkit.model import RMSNorm, apply_rope
+
+    g = torch.Generator(device="cuda").manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g, device="cuda").to(dtype)
+    norm = RMSNorm(shape[-1], 1e-6).to("cuda", dtype)
+    norm.weight.data = (1 + 0.1 * torch.randn(shape[-1], generator=g, device="cuda")).to(dtype)
+    got = norm(x)
+    assert fused.enabled(x) and not got.isnan().any()
+    monkeypatch.setenv("LABKIT_FUSED", "0")
+    expected = norm(x)
+    torch.testing.assert_close(got, expected, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-2)
+    if len(shape) == 3 and fused.rope_supported(x):
+        pos = torch.randint(0, 4096, (shape[0],), generator=g, device="cuda").float()
+        inv = 1.0 / 1e6 ** (torch.arange(0, shape[2], 2, device="cuda").float() / shape[2])
+        angles = torch.cat([pos[:, None] * inv] * 2, dim=-1)
+        expected = apply_rope(x, angles.cos(), angles.sin())
+        monkeypatch.setenv("LABKIT_FUSED", "1")
+        got = apply_rope(x, angles.cos(), angles.sin())
+        torch.testing.assert_close(got, expected, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-2)

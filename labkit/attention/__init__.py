@@ -160,18 +160,13 @@ def _check_batch(seq_lens: list[int], query_lens: list[int], block_tables: list[
 
 def resolve_backend(name: str | None, device: torch.device) -> str:
     """The backend that `name` means for tensors on `device` ("auto"/None: see the module docstring)."""
-    name = name or DEFAULT_BACKEND
-    if name != "auto":
+    if (name or DEFAULT_BACKEND) != "auto":
         return name
-    forced = os.environ.get("LABKIT_ATTENTION_BACKEND")
-    if forced:
-        return forced
-    return "triton" if device.type == "cuda" and _has_triton() else "torch"
+    cuda = device.type == "cuda" and _has_triton()
+    return os.environ.get("LABKIT_ATTENTION_BACKEND") or ("triton" if cuda else "torch")
 
 
-@functools.cache
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
+_has_triton = functools.cache(lambda: importlib.util.find_spec("triton") is not None)
 
 
 def get_backend(name: str | None = None, device: torch.device | None = None) -> ModuleType:
@@ -205,7 +200,5 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     return get_backend(backend, q.device).paged_attention(q, k, v, k_cache, v_cache, meta, scale)
 
 
-__all__ = [
-    "AttentionMetadata", "BACKENDS", "DEFAULT_BACKEND", "get_backend", "paged_attention", "resolve_backend",
-    "store_kvcache",
-]
+__all__ = ["AttentionMetadata", "BACKENDS", "DEFAULT_BACKEND", "get_backend", "paged_attention", "resolve_backend",
+           "store_kvcache"]
