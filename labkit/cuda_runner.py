@@ -80,6 +80,7 @@ class CUDAGraphRunner(ModelRunner):
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, AttentionMetadata]] = {}
         self._pool = None
         self.num_graph_steps = self.num_eager_steps = 0  # steps run each way (for tests and benchmarks)
+        self._rows = [(None, 0)] * n  # (request id, blocks written) of each row of the host block tables
         self._reset_padding(n)
         self._capture()
 
@@ -92,6 +93,7 @@ class CUDAGraphRunner(ModelRunner):
         """Rows start.. are padding: token 0 at position 0, no slot (-1), length 1, block 0."""
         ids, pos, slots, lens, tables = self._parts(self._host_np)
         ids[start:], pos[start:], slots[start:], lens[start:], tables[start:] = 0, 0, -1, 1, 0
+        self._rows[start:] = [(None, 0)] * (self._n - start)
 
     def _metadata(self, bs: int) -> AttentionMetadata:
         from labkit.attention import triton as tk
@@ -145,6 +147,7 @@ class CUDAGraphRunner(ModelRunner):
         bs = self.graph_size(scheduled)
         if bs is None:
             self.num_eager_steps += 1
+            self._rows = [(None, 0)] * self._n  # a preempted request may come back with other blocks
             return super().execute_model(scheduled)
         self.num_graph_steps += 1
         n, B = len(scheduled), self.block_size
@@ -155,8 +158,12 @@ class CUDAGraphRunner(ModelRunner):
         lens[:n] = positions + 1
         last_block = np.fromiter((s.block_table[p // B] for s, p in zip(scheduled, positions.tolist())), np.int64, n)
         slots[:n] = last_block * B + positions % B
-        for i, s in enumerate(scheduled):
-            tables[i, : len(s.block_table)] = s.block_table
+        for i, s in enumerate(scheduled):  # block tables only grow: write the new blocks of a row's request
+            bt, (rid, done) = s.block_table, self._rows[i]
+            if rid != s.request_id or done > len(bt) or (done and tables[i, done - 1] != bt[done - 1]):
+                done = 0  # another request in this row, or its table changed: write it whole
+            tables[i, done : len(bt)] = bt[done:]
+            self._rows[i] = (s.request_id, len(bt))
         self._reset_padding(n)
         self._dev.copy_(self._host, non_blocking=True)
         graph, logits, _ = self._graphs[bs]

@@ -125,8 +125,8 @@ class Sampler:
         dev = logits.device
         seeded = any(generators[i] is not None for i in rows)  # else one draw for all rows, not one per row
         u = torch.cat([_uniform(generators[i], dev) for i in rows]) if seeded else torch.rand(len(rows), device=dev)
-        idx = torch.tensor(rows, device=dev)
-        temp = torch.tensor([params[i].temperature for i in rows], device=dev)
+        idx = torch.tensor(rows).to(dev, non_blocking=True)  # no wait for the GPU to finish the forward pass
+        temp = torch.tensor([params[i].temperature for i in rows]).to(dev, non_blocking=True)
         if all(params[i].top_k == -1 and params[i].top_p == 1 for i in rows):  # no filter: no vocabulary sort
             out[idx] = _inverse_cdf((logits[idx] / temp[:, None]).softmax(dim=-1).cumsum(dim=-1), u).clamp_max(V - 1)
             return out
