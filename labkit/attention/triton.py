@@ -74,6 +74,36 @@ def _keys(block_tables, seq, stride_bt, n, valid, block_size: tl.constexpr):
 
 
 @triton.jit
+def _attend_tile(
+    q, m, denom, acc, k_cache, v_cache, block_tables, seq, stride_bt, n, end, visible, kvh, d, scale_log2,
+    block_size: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """One online-softmax step: fold keys n (BLOCK_N,) < end of sequence seq into (m, denom, acc) for the
+    query rows q (rows, D_PAD); `visible` (rows or 1, BLOCK_N) says which keys each row may see.
+    m: running max of the scores (log2 units), denom: sum of exp2(score - m), acc: sum of exp2(...) * v."""
+    valid = n < end
+    slots = _keys(block_tables, seq, stride_bt, n, valid, block_size)
+    kv_off = slots[:, None] * (HKV * D) + kvh * D + d[None, :]
+    kv_mask = valid[:, None] & (d < D)[None, :]
+    k = tl.load(k_cache + kv_off, mask=kv_mask, other=0.0)
+    v = tl.load(v_cache + kv_off, mask=kv_mask, other=0.0)
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = tl.where(valid[None, :] & visible, s * scale_log2, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m - m_new)
+    denom = denom * alpha + tl.sum(p, 1)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, denom, acc
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, k_cache, v_cache, out_ptr, part_out, part_lse,
     block_tables, seq_lens, query_start_loc, seq_ids,
@@ -106,26 +136,10 @@ def _decode_kernel(
     acc = tl.zeros([G_PAD, D_PAD], tl.float32)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        valid = n < end
-        slots = _keys(block_tables, seq, stride_bt, n, valid, block_size)
-        kv_off = slots[:, None] * (HKV * D) + kvh * D + d[None, :]
-        kv_mask = valid[:, None] & d_ok[None, :]
-        k = tl.load(k_cache + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache + kv_off, mask=kv_mask, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(valid[None, :], s * scale_log2, float("-inf"))  # (G_PAD, BLOCK_N), log2 units
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m - m_new)
-        denom = denom * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m = m_new
+        m, denom, acc = _attend_tile(
+            q, m, denom, acc, k_cache, v_cache, block_tables, seq, stride_bt, n, end, n[None, :] >= 0, kvh, d,
+            scale_log2, block_size, HKV, D, IEEE,
+        )  # fmt: skip
 
     o_mask = g_ok[:, None] & d_ok[None, :]
     if NUM_SPLITS == 1:
@@ -196,27 +210,11 @@ def _prefill_kernel(
         end = tl.minimum(L, L - q_len + m0 + BLOCK_M)  # past the last query row's position
         for n0 in range(0, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
-            valid = n < end
-            slots = _keys(block_tables, seq, stride_bt, n, valid, block_size)
-            kv_off = slots[:, None] * (HKV * D) + kvh * D + d[None, :]
-            kv_mask = valid[:, None] & d_ok[None, :]
-            k = tl.load(k_cache + kv_off, mask=kv_mask, other=0.0)
-            v = tl.load(v_cache + kv_off, mask=kv_mask, other=0.0)
-            if IEEE:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            causal = valid[None, :] & (n[None, :] <= pos[:, None])
-            s = tl.where(causal, s * scale_log2, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, 1))  # finite: key 0 is visible to every row
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m - m_new)
-            denom = denom * alpha + tl.sum(p, 1)
-            if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m = m_new
+            causal = n[None, :] <= pos[:, None]  # key 0 is visible to every row, so each row's max is finite
+            m, denom, acc = _attend_tile(
+                q, m, denom, acc, k_cache, v_cache, block_tables, seq, stride_bt, n, end, causal, kvh, d,
+                scale_log2, block_size, HKV, D, IEEE,
+            )  # fmt: skip
         o = acc / denom[:, None]
         tl.store(
             out_ptr + rows[:, None] * stride_ot + h * stride_oh + d[None, :],
