@@ -43,10 +43,10 @@ from typing import Any
 import torch
 
 from labkit import protocols
+from labkit.cuda_runner import CUDA_MAX_NUM_BATCHED_TOKENS, CUDA_MAX_NUM_SEQS, kv_cache_budget, make_runner
 from labkit.kv_cache import PagedKVCache
 from labkit.metrics import StepStats, timeline_columns
 from labkit.outputs import RequestOutput, RequestText, new_detokenizer
-from labkit.runner import ModelRunner
 from labkit.sampler import Sampler, SamplingParams, make_generator
 from labkit.scheduler import FinishReason, Request, RequestStatus, Scheduler, SchedulerConfig
 
@@ -64,14 +64,15 @@ class EngineConfig:
     num_gpu_blocks: int | None = None  # KV blocks in all; None: as many as kv_cache_memory_bytes holds
     kv_cache_memory_bytes: int | None = None  # None: CUDA -> gpu_memory_utilization; CPU -> 256 MiB
     gpu_memory_utilization: float = 0.9  # CUDA: share of the device's memory this engine may fill
-    max_num_seqs: int = 32  # requests in one batch
-    max_num_batched_tokens: int = 2048  # new tokens in one step (decodes + prefill chunks)
+    max_num_seqs: int | None = None  # requests in one batch; None: 256 on CUDA, 32 elsewhere
+    max_num_batched_tokens: int | None = None  # new tokens in one step; None: 8192 on CUDA, 2048 elsewhere
     max_model_len: int | None = None  # prompt + output tokens; None: min(model's context, 2048)
     enable_prefix_caching: bool = True  # reuse the K/V of full blocks of an identical prefix
     enable_chunked_prefill: bool = True  # split long prompts over steps (else a prompt is one piece)
     scheduling_policy: str = "fcfs"  # or "shortest_prompt_first" (can starve long prompts)
     device: str | torch.device | None = None  # None: the model's device
     dtype: str | torch.dtype | None = None  # model and KV cache dtype; None: the model's dtype
+    enforce_eager: bool = False  # CUDA: run every step op by op (no CUDA graphs for decode steps)
     scheduler_config: SchedulerConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,15 +86,20 @@ class EngineConfig:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization!r} must lie in (0, 1]: "
                              f"it is the share of the GPU's memory the engine may use, e.g. 0.9")
+        cuda = self.device is not None and _resolve_device(self.device).type == "cuda"
         self.scheduler_config = SchedulerConfig(
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_num_seqs=_default(self.max_num_seqs, CUDA_MAX_NUM_SEQS if cuda else 32),
+            max_num_batched_tokens=_default(self.max_num_batched_tokens, CUDA_MAX_NUM_BATCHED_TOKENS if cuda else 2048),
             max_model_len=self.max_model_len,
             enable_chunked_prefill=self.enable_chunked_prefill,
             policy=self.scheduling_policy,
         )
         self.device = None if self.device is None else _resolve_device(self.device)
         self.dtype = None if self.dtype is None else _resolve_dtype(self.dtype)
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -138,6 +144,8 @@ class LLMEngine:
         config = config or EngineConfig()
         if config.max_model_len is None:  # a copy: the caller's config may serve other engines
             config = dataclasses.replace(config, max_model_len=min(model.config.max_position_embeddings, 2048))
+        if config.device is None:  # the batch limits' defaults depend on it
+            config = dataclasses.replace(config, device=next(model.parameters()).device)
         self.config, self.scheduler_config = config, config.scheduler_config
         self.device, self.dtype = self._check_model_placement(config)
         self.kv_cache = self._build_kv_cache(kv_cache, scheduler)
@@ -146,7 +154,7 @@ class LLMEngine:
         check_protocol(self.kv_cache, protocols.KVCache)
         check_protocol(self.scheduler, protocols.Scheduler)
         check_protocol(self.sampler, protocols.Sampler)
-        self.runner = ModelRunner(model, self.kv_cache.kv_caches, self.kv_cache.block_size, self.device)
+        self.runner = make_runner(model, self.kv_cache, self.device, config, self.scheduler_config.max_num_seqs)
         eos = model.config.eos_token_ids or [getattr(tokenizer, "eos_token_id", None)]
         self.eos_token_id = eos_token_id if eos_token_id is not None else eos[0]
         self.skip_special_tokens = skip_special_tokens
@@ -173,13 +181,9 @@ class LLMEngine:
         c = self.config
         if c.kv_cache_memory_bytes is not None or self.device.type != "cuda":
             return c.kv_cache_memory_bytes or _CPU_KV_BYTES
-        free, total = torch.cuda.mem_get_info(self.device)
-        budget = int(total * c.gpu_memory_utilization) - (total - free)
-        if budget <= 0:
-            raise ValueError(f"gpu_memory_utilization={c.gpu_memory_utilization} leaves no memory for the KV cache "
-                             f"({(total - free) / 2**30:.1f} GiB of {total / 2**30:.1f} GiB already in use): "
-                             f"raise it or set num_gpu_blocks")
-        return budget
+        sc = self.scheduler_config  # what is left of our share after a warm-up forward of the largest step
+        return kv_cache_budget(self.model, c.block_size, sc.max_num_batched_tokens, sc.max_num_seqs, c.max_model_len,
+                               c.gpu_memory_utilization)
 
     def _build_kv_cache(self, kv_cache: Any, scheduler: Any) -> Any:
         if kv_cache is None and scheduler is not None and not _is_factory(scheduler):

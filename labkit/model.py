@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit import fused
 from labkit.attention import DEFAULT_BACKEND, AttentionMetadata, paged_attention
 
 # ----------------------------------------------------------------------------------------------------
@@ -121,6 +122,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
+        if fused.enabled(x):  # the same function in one CUDA kernel (labkit/fused.py)
+            return fused.rms_norm(x, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -164,6 +167,8 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (T, heads, D): rotate pair (x[i], x[i + D/2]) by angle i of each row's position."""
+    if fused.enabled(x) and fused.rope_supported(x):  # the same function in one CUDA kernel
+        return fused.apply_rope(x, cos, sin)
     cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)  # (T, 1, D)
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)

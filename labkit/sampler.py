@@ -123,20 +123,27 @@ class Sampler:
         if not rows:
             return out
         dev = logits.device
-        idx = torch.tensor(rows, device=dev)
-        temp = torch.tensor([params[i].temperature for i in rows], device=dev)
+        seeded = any(generators[i] is not None for i in rows)  # else one draw for all rows, not one per row
+        u = torch.cat([_uniform(generators[i], dev) for i in rows]) if seeded else torch.rand(len(rows), device=dev)
+        idx = torch.tensor(rows).to(dev, non_blocking=True)  # no wait for the GPU to finish the forward pass
+        temp = torch.tensor([params[i].temperature for i in rows]).to(dev, non_blocking=True)
+        if all(params[i].top_k == -1 and params[i].top_p == 1 for i in rows):  # no filter: no vocabulary sort
+            out[idx] = _inverse_cdf((logits[idx] / temp[:, None]).softmax(dim=-1).cumsum(dim=-1), u).clamp_max(V - 1)
+            return out
         top_k = torch.tensor([params[i].top_k for i in rows], device=dev)
         top_p = torch.tensor([params[i].top_p for i in rows], device=dev)
         sorted_logits, order, drop = _filter_sorted(logits[idx] / temp[:, None], top_k, top_p)
         probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)  # (R, V), sorted order
-        u = torch.cat([_uniform(generators[i], dev) for i in rows])  # (R,) one uniform per row
-        cdf = probs.cumsum(dim=-1)  # (R, V)
-        target = (u * cdf[:, -1])[:, None]  # scaled by the total, which rounding keeps near 1
-        rank = torch.searchsorted(cdf, target, right=True).squeeze(1)  # first rank with cdf > target
+        rank = _inverse_cdf(probs.cumsum(dim=-1), u)
         last_kept = (~drop).sum(dim=-1) - 1  # survivors are a prefix; never step past it
-        tokens = order.gather(1, torch.minimum(rank, last_kept)[:, None]).squeeze(1)
-        out[idx] = tokens
+        out[idx] = order.gather(1, torch.minimum(rank, last_kept)[:, None]).squeeze(1)
         return out
+
+
+def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """cdf (R, V) non-decreasing, u (R,) in [0, 1) -> (R,) the first index whose cdf exceeds u * total."""
+    target = (u * cdf[:, -1])[:, None]  # scaled by the total, which rounding keeps near 1
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
 def _uniform(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

@@ -20,7 +20,10 @@ Decode (`q_len == 1`), prefill (`q_len == L`), chunked prefill and prefill over 
 Grouped-query attention: query head h reads kv head `h // (num_heads // num_kv_heads)`.
 
 Backends live in this package, one module each, and are chosen in ONE place, `BACKENDS` below:
-  "torch"  -> labkit/attention/torch_ref.py (any device, torch only; the reference)
+  "torch"  -> labkit/attention/torch_ref.py (any device, torch only; the reference students read)
+  "triton" -> labkit/attention/triton.py (CUDA kernels that read the cache in place, no gather)
+"auto" (the default) picks "triton" for CUDA tensors when triton is installed, else "torch"; the
+environment variable LABKIT_ATTENTION_BACKEND=torch|triton forces one everywhere.
 A backend module provides `store_kvcache(k, v, k_cache, v_cache, slot_mapping)` and
 `paged_attention(q, k, v, k_cache, v_cache, meta, scale)` (store, then attend; it may use the fresh
 k, v for sequences with no cached prefix). Adding a backend (e.g. "triton" in triton.py) is one line
@@ -33,7 +36,10 @@ zero query rows (every sequence in a batch has at least one query token).
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import os
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -41,10 +47,10 @@ import torch
 
 # backend name -> module that implements it. The single place a backend is registered.
 BACKENDS: dict[str, str] = {
-    "torch": "labkit.attention.torch_ref"
-    # a second backend registers here, e.g. "triton": "labkit.attention.triton"
+    "torch": "labkit.attention.torch_ref",
+    "triton": "labkit.attention.triton",  # CUDA kernels that read the paged cache in place
 }
-DEFAULT_BACKEND = "torch"
+DEFAULT_BACKEND = "auto"  # "triton" on CUDA when installed, else "torch" (see resolve_backend)
 
 
 @dataclass
@@ -152,9 +158,20 @@ def _check_batch(seq_lens: list[int], query_lens: list[int], block_tables: list[
                              f"but its block table has {len(bt)}. Fix: allocate blocks before running the step.")
 
 
-def get_backend(name: str | None = None) -> ModuleType:
-    """The module implementing backend `name` (default DEFAULT_BACKEND)."""
-    name = name or DEFAULT_BACKEND
+def resolve_backend(name: str | None, device: torch.device) -> str:
+    """The backend that `name` means for tensors on `device` ("auto"/None: see the module docstring)."""
+    if (name or DEFAULT_BACKEND) != "auto":
+        return name
+    cuda = device.type == "cuda" and _has_triton()
+    return os.environ.get("LABKIT_ATTENTION_BACKEND") or ("triton" if cuda else "torch")
+
+
+_has_triton = functools.cache(lambda: importlib.util.find_spec("triton") is not None)
+
+
+def get_backend(name: str | None = None, device: torch.device | None = None) -> ModuleType:
+    """The module implementing backend `name` (default DEFAULT_BACKEND) for tensors on `device`."""
+    name = resolve_backend(name, device if device is not None else torch.device("cpu"))
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}. Fix: pick one of those.")
     return importlib.import_module(BACKENDS[name])
@@ -169,7 +186,7 @@ def store_kvcache(
     backend: str | None = None,
 ) -> None:
     """Write k, v (num_tokens, num_kv_heads, head_dim) into the caches at slot_mapping (-1 = skip)."""
-    get_backend(backend).store_kvcache(k, v, k_cache, v_cache, slot_mapping)
+    get_backend(backend, k.device).store_kvcache(k, v, k_cache, v_cache, slot_mapping)
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -180,7 +197,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     assert H % k.shape[1] == 0, f"num_heads {H} is not a multiple of num_kv_heads {k.shape[1]}"
     assert k_cache.shape == v_cache.shape and k_cache.shape[2:] == k.shape[1:], (k_cache.shape, k.shape)
     assert meta.num_tokens == T, f"metadata describes {meta.num_tokens} tokens, the batch has {T}"
-    return get_backend(backend).paged_attention(q, k, v, k_cache, v_cache, meta, scale)
+    return get_backend(backend, q.device).paged_attention(q, k, v, k_cache, v_cache, meta, scale)
 
 
-__all__ = ["AttentionMetadata", "BACKENDS", "DEFAULT_BACKEND", "get_backend", "paged_attention", "store_kvcache"]
+__all__ = ["AttentionMetadata", "BACKENDS", "DEFAULT_BACKEND", "get_backend", "paged_attention", "resolve_backend",
+           "store_kvcache"]
