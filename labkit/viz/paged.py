@@ -124,35 +124,59 @@ def plot_block_size_tradeoff(block_sizes: Sequence[int], mean_waste: Sequence[fl
 class StreamResult:
     steps: list[int] = field(default_factory=list)
     running: list[int] = field(default_factory=list)  # requests holding blocks after each step
+    waiting: list[int] = field(default_factory=list)  # requests queued after each step
     live_tokens: list[int] = field(default_factory=list)  # tokens stored
     used_blocks: list[int] = field(default_factory=list)
     num_blocks: int = 0
     block_size: int = 0
     finished: int = 0
+    preemptions: int = 0
+
+    def live_share_under_pressure(self) -> float:
+        """Mean share of the KV slots holding a token over the steps that ended with a request waiting."""
+        cap = self.num_blocks * self.block_size
+        shares = [live / cap for live, w in zip(self.live_tokens, self.waiting) if w]
+        return sum(shares) / len(shares) if shares else float("nan")
 
 
 def drive_stream(allocator_cls: Callable[[int], Any], allocate_slots: Callable, workload: Sequence[SimRequest],
                  num_blocks: int, block_size: int, max_steps: int = 100_000) -> StreamResult:
     """Run a request stream on YOUR allocator: FCFS admission when the prompt's blocks are free, one token
     per running request per step (a new block whenever the last one fills), blocks freed at the end.
-    No preemption: a request whose next block is not free waits a step. allocate_slots(allocator,
-    block_table, num_tokens, block_size) -> bool grows a table."""
+    A running request that needs a block when none is free preempts the newest running request (its
+    blocks are freed; it re-queues at the front and starts again from its prompt), as vLLM does.
+    allocate_slots(allocator, block_table, num_tokens, block_size) -> bool grows a table."""
     allocator = allocator_cls(num_blocks)
     pending = sorted(workload, key=lambda r: (r.arrival_step, r.request_id))
     waiting: list[SimRequest] = []
-    running: dict[int, tuple[SimRequest, list[int], int]] = {}  # id -> (request, table, tokens stored)
+    running: dict[int, tuple[SimRequest, list[int], int]] = {}  # admission order: id -> (request, table, tokens)
     out = StreamResult(num_blocks=num_blocks, block_size=block_size)
+
+    def release(rid: int) -> SimRequest:
+        request, table, _ = running.pop(rid)
+        for b in table:
+            allocator.free(b)
+        return request
+
     step = 0
     while (pending or waiting or running) and step < max_steps:
         while pending and pending[0].arrival_step <= step:
             waiting.append(pending.pop(0))
-        for rid, (r, table, n) in list(running.items()):  # decode: one more token each
+        for rid in list(running):  # decode: one more token each, oldest first
+            if rid not in running:
+                continue  # preempted by an older request in this step
+            r, table, n = running[rid]
             if n >= r.final_len:
-                for b in table:
-                    allocator.free(b)
-                del running[rid]
+                release(rid)
                 out.finished += 1
-            elif allocate_slots(allocator, table, n + 1, block_size):
+                continue
+            while not allocate_slots(allocator, table, n + 1, block_size):
+                victim = next(reversed(running))
+                waiting.insert(0, release(victim))
+                out.preemptions += 1
+                if victim == rid:
+                    break
+            else:
                 running[rid] = (r, table, n + 1)
         while waiting:  # prefill: FCFS, the head blocks the queue
             r, table = waiting[0], []
@@ -161,6 +185,7 @@ def drive_stream(allocator_cls: Callable[[int], Any], allocate_slots: Callable, 
             running[r.request_id] = (waiting.pop(0), table, r.prompt_len)
         out.steps.append(step)
         out.running.append(len(running))
+        out.waiting.append(len(waiting))
         out.live_tokens.append(sum(n for _, _, n in running.values()))
         out.used_blocks.append(num_blocks - allocator.num_free_blocks)
         step += 1
