@@ -50,8 +50,8 @@ def plot_gantt(history: Sequence[tuple[list, list]], timeline: Sequence[Any], ti
     ax.invert_yaxis()
     ax.set(xlabel="engine time (ms)", ylabel="request",
            title=title or f"{len(history)} steps, {len(rows)} requests (numbers: tokens of a prefill chunk)")
-    ax.legend(handles=[Patch(color=_PREFILL, label="prefill / recompute"), Patch(color=_DECODE, label="decode"),
-                       Patch(color=_PREEMPT, label="preempted (x)")], fontsize=8, loc="lower right")
+    fig.legend(handles=[Patch(color=_PREFILL, label="prefill / recompute"), Patch(color=_DECODE, label="decode"),
+                       Patch(color=_PREEMPT, label="preempted (x)")], fontsize=8, loc="outside right upper")
     return fig
 
 
