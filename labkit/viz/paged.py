@@ -4,7 +4,7 @@ block-table explorer widget.
     plot_memory_maps([(0, 40, 90), (1, 12, 30)], capacity_tokens=256, max_model_len=96, block_size=16)
     stream = drive_stream(MyAllocator, my_allocate_slots, workload, num_blocks=64, block_size=16)
     plot_stream(stream, contiguous=fragmentation.simulate(workload, SimConfig("reserve_max", ...)))
-    block_table_explorer()      # ipywidgets: step through allocations, forks and frees
+    block_table_explorer(MyAllocator)   # ipywidgets: step through allocations, forks and frees
 
 Every block id drawn is one an allocator handed out (labkit's PagedKVCache, or the allocator passed in);
 this module only runs them and arranges the picture.
@@ -23,8 +23,8 @@ from matplotlib.patches import Patch, Rectangle
 from labkit.fragmentation import SimRequest, SimResult
 from labkit.kv_cache import PagedKVCache
 
-__all__ = ["BlockScript", "block_table_explorer", "draw_block_tables", "drive_stream", "plot_block_size_tradeoff",
-           "plot_memory_maps", "plot_stream"]
+__all__ = ["BlockTables", "DEFAULT_SCRIPT", "block_table_explorer", "draw_block_tables", "drive_stream",
+           "plot_block_size_tradeoff", "plot_memory_maps", "plot_stream", "replay"]
 
 _COLORS = {"live": "#2b8a3e", "reserved": "#f08c00", "internal": "#e03131", "external": "#862e9c",
            "free": "#dee2e6"}
@@ -71,9 +71,10 @@ def _paged_map(requests: Sequence[tuple[int, int, int]], capacity: int, block_si
             cache.allocate_slots(str(rid), [0] * now, 0, now)
     for rid, now, _ in requests:
         if now > 0:
-            for slot in cache.slot_mapping(str(rid), 0, now):
-                kinds[slot] = "live"
-            last = cache.block_table(str(rid))[-1]
+            table = cache.block_table(str(rid))
+            for p in range(now):
+                kinds[table[p // block_size] * block_size + p % block_size] = "live"
+            last = table[-1]
             for slot in range(last * block_size, (last + 1) * block_size):
                 if kinds[slot] == "free":
                     kinds[slot] = "internal"
@@ -212,117 +213,121 @@ def plot_stream(paged: StreamResult, contiguous: SimResult | None = None) -> Fig
 
 
 # ------------------------------------------------------------------------------- block-table explorer
-def draw_block_tables(cache: PagedKVCache, num_tokens: dict[str, int], ax: Any, title: str = "") -> None:
-    """Physical blocks as a row of cells (ref count inside, colour of the first holder); each request's
-    logical blocks as a row above, with an arrow-free label of the physical block each maps to."""
-    n, B = cache.num_blocks, cache.block_size
-    refs = cache.allocator.ref_counts
+class BlockTables:
+    """Block tables of a few requests over one allocator with Task 2's interface (allocate, fork, free,
+    ref_counts, num_free_blocks): what the explorer steps through."""
+
+    def __init__(self, allocator_cls: Callable[[int], Any], num_blocks: int, block_size: int):
+        self.allocator, self.num_blocks, self.block_size = allocator_cls(num_blocks), num_blocks, block_size
+        self.tables: dict[str, list[int]] = {}
+        self.num_tokens: dict[str, int] = {}
+
+    def grow(self, request_id: str, n: int) -> bool:
+        """n more tokens; new blocks only when the last one is full; False (no change) if too few are free."""
+        table, total = self.tables.setdefault(request_id, []), self.num_tokens.get(request_id, 0) + n
+        missing = -(-total // self.block_size) - len(table)
+        if missing > self.allocator.num_free_blocks:
+            return False
+        table.extend(self.allocator.allocate() for _ in range(missing))
+        self.num_tokens[request_id] = total
+        return True
+
+    def fork(self, parent: str, child: str) -> bool:
+        """The child shares the parent's full blocks (one more reference each) and gets a fresh block for
+        a partial last block (its contents would be copied: both will write into it)."""
+        table, n = self.tables[parent], self.num_tokens[parent]
+        full = n // self.block_size
+        if len(table) > full and self.allocator.num_free_blocks == 0:
+            return False
+        for b in table[:full]:
+            self.allocator.fork(b)
+        self.tables[child] = table[:full] + ([self.allocator.allocate()] if len(table) > full else [])
+        self.num_tokens[child] = n
+        return True
+
+    def free(self, request_id: str) -> None:
+        for b in reversed(self.tables.pop(request_id, [])):
+            self.allocator.free(b)
+        self.num_tokens.pop(request_id, None)
+
+
+def draw_block_tables(state: BlockTables, ax: Any, title: str = "") -> None:
+    """Physical blocks as a row of cells (reference count inside, coloured by their first holder); above,
+    each request's logical blocks, labelled with the physical block each maps to and filled as far as
+    they hold tokens."""
+    n, B = state.num_blocks, state.block_size
+    refs = list(state.allocator.ref_counts)
     ax.clear()
-    rids = sorted(cache.block_tables)
-    owner = {}
+    rids = sorted(state.tables)
+    owner: dict[int, int] = {}
     for i, rid in enumerate(rids):
-        for b in cache.block_tables[rid]:
+        for b in state.tables[rid]:
             owner.setdefault(b, i)
     for b in range(n):
         color = _REQUEST_COLORS[owner[b] % len(_REQUEST_COLORS)] if b in owner else _COLORS["free"]
-        ax.add_patch(Rectangle((b, 0), 0.95, 0.9,
-                                                                                        color=color))
+        ax.add_patch(Rectangle((b, 0), 0.95, 0.9, color=color))
         ax.text(b + 0.47, 0.45, f"{b}\nref {refs[b]}", ha="center", va="center", fontsize=7)
     for row, rid in enumerate(rids, start=1):
-        table, tokens = cache.block_tables[rid], num_tokens.get(rid, 0)
-        color = _REQUEST_COLORS[(row - 1) % len(_REQUEST_COLORS)]
+        table, tokens = state.tables[rid], state.num_tokens.get(rid, 0)
+        color, y = _REQUEST_COLORS[(row - 1) % len(_REQUEST_COLORS)], 0.4 + 1.2 * row
         for j, b in enumerate(table):
             filled = min(max(tokens - j * B, 0), B)
-            y = 0.4 + 1.2 * row
-            ax.add_patch(Rectangle(
-                (j, y), 0.95 * filled / B, 0.8, color=color, alpha=0.9))
-            ax.add_patch(Rectangle(
-                (j, y), 0.95, 0.8, fill=False, ec=color))
+            ax.add_patch(Rectangle((j, y), 0.95 * filled / B, 0.8, color=color, alpha=0.9))
+            ax.add_patch(Rectangle((j, y), 0.95, 0.8, fill=False, ec=color))
             ax.text(j + 0.47, y + 0.4, f"L{j}→P{b}", ha="center", va="center", fontsize=7)
-        ax.text(-0.3, 0.8 + 1.2 * row, f"{rid} ({tokens} tok)", ha="right", va="center", fontsize=8)
+        ax.text(-0.3, y + 0.4, f"{rid} ({tokens} tok)", ha="right", va="center", fontsize=8)
     ax.text(-0.3, 0.45, "physical", ha="right", va="center", fontsize=8)
     ax.set(xlim=(-3, max(n, 8)), ylim=(0, 1.6 + 1.2 * max(len(rids), 1)), title=title)
     ax.axis("off")
 
 
-@dataclass
-class BlockScript:
-    """A scripted sequence of cache operations: (description, function(cache, num_tokens))."""
-
-    block_size: int = 4
-    num_blocks: int = 12
-    steps: list[tuple[str, Callable]] = field(default_factory=list)
-
-    @classmethod
-    def default(cls) -> BlockScript:
-        s = cls()
-
-        def grow(rid, n):
-            def op(cache, tokens):
-                total = tokens.get(rid, 0) + n
-                ok = cache.allocate_slots(rid, list(range(total)), tokens.get(rid, 0), n)
-                if ok:
-                    tokens[rid] = total
-            return op
-
-        def fork(parent, child):
-            def op(cache, tokens):
-                if cache.fork(parent, child):
-                    tokens[child] = tokens[parent]
-            return op
-
-        def free(rid):
-            def op(cache, tokens):
-                cache.free(rid)
-                tokens.pop(rid, None)
-            return op
-
-        s.steps = [("A: prefill 10 tokens (3 blocks)", grow("A", 10)),
-                   ("B: prefill 5 tokens (2 blocks)", grow("B", 5)),
-                   ("A: decode 2 tokens (fills its 3rd block)", grow("A", 2)),
-                   ("C = fork of A: full blocks shared (ref 2), nothing copied", fork("A", "C")),
-                   ("C: decode 1 token (a new block of its own)", grow("C", 1)),
-                   ("B: decode 4 tokens (a 3rd block)", grow("B", 4)),
-                   ("A finishes: its blocks lose one holder; shared ones stay", free("A")),
-                   ("D: prefill 9 tokens, reusing freed blocks", grow("D", 9)),
-                   ("B finishes", free("B")),
-                   ("C finishes: every block free again except D's", free("C"))]
-        return s
-
-    def replay(self, upto: int) -> tuple[PagedKVCache, dict[str, int]]:
-        cache = PagedKVCache(1, 1, 1, num_blocks=self.num_blocks, block_size=self.block_size,
-                             enable_prefix_caching=False)
-        tokens: dict[str, int] = {}
-        for _, op in self.steps[:upto]:
-            op(cache, tokens)
-        cache.check_invariants()
-        return cache, tokens
+# (description, operation) pairs: the explorer's default script on 12 blocks of 4 tokens
+DEFAULT_SCRIPT: list[tuple[str, Callable[[BlockTables], Any]]] = [
+    ("A: prefill 10 tokens (3 blocks)", lambda t: t.grow("A", 10)),
+    ("B: prefill 5 tokens (2 blocks)", lambda t: t.grow("B", 5)),
+    ("A: decode 2 tokens (fills its 3rd block)", lambda t: t.grow("A", 2)),
+    ("C = fork of A (a parallel sample): full blocks shared, ref 2", lambda t: t.fork("A", "C")),
+    ("C: decode 1 token (a new block of its own)", lambda t: t.grow("C", 1)),
+    ("B: decode 4 tokens (a 3rd block)", lambda t: t.grow("B", 4)),
+    ("A finishes: its blocks lose one holder; shared ones stay in use", lambda t: t.free("A")),
+    ("D: prefill 9 tokens, reusing freed blocks", lambda t: t.grow("D", 9)),
+    ("B finishes", lambda t: t.free("B")),
+    ("C finishes: only D's blocks are in use", lambda t: t.free("C")),
+]
 
 
-def block_table_explorer(script: BlockScript | None = None):
-    """ipywidgets: a slider over the script's steps; each position redraws the block tables, the
-    physical blocks and their reference counts after that many operations."""
+def replay(allocator_cls: Callable[[int], Any], upto: int, script=DEFAULT_SCRIPT, num_blocks: int = 12,
+           block_size: int = 4) -> BlockTables:
+    """The block tables after the first `upto` operations of the script."""
+    state = BlockTables(allocator_cls, num_blocks, block_size)
+    for _, op in script[:upto]:
+        op(state)
+    return state
+
+
+def block_table_explorer(allocator_cls: Callable[[int], Any] | None = None, script=DEFAULT_SCRIPT):
+    """ipywidgets: a slider over the script's operations, run on `allocator_cls` (YOUR allocator, or
+    labkit's by default); each position redraws the block tables and the reference counts."""
     import ipywidgets as w
+    from IPython.display import display
 
-    script = script or BlockScript.default()
-    slider = w.IntSlider(0, min=0, max=len(script.steps), description="operations", continuous_update=False)
-    out = w.Output()
-    label = w.HTML()
+    if allocator_cls is None:
+        from labkit.exercises.ch4 import ReferenceAllocator as allocator_cls
+    slider = w.IntSlider(0, min=0, max=len(script), description="operations", continuous_update=False)
+    out, label = w.Output(), w.HTML()
 
     def show(*_):
-        cache, tokens = script.replay(slider.value)
-        done = script.steps[slider.value - 1][0] if slider.value else "empty cache"
-        label.value = f"<b>after step {slider.value}:</b> {done}; free blocks: {cache.num_free_blocks}"
+        state = replay(allocator_cls, slider.value, script)
+        done = script[slider.value - 1][0] if slider.value else "empty cache"
+        label.value = f"<b>after step {slider.value}:</b> {done}; free blocks: {state.allocator.num_free_blocks}"
         fig = Figure(figsize=(9, 3.2), layout="constrained")
-        draw_block_tables(cache, tokens, fig.add_subplot())
+        draw_block_tables(state, fig.add_subplot())
         with out:
             out.clear_output(wait=True)
-            from IPython.display import display
-
             display(fig)
 
     slider.observe(show, "value")
     show()
     box = w.VBox([slider, label, out])
-    box.slider, box.script = slider, script
+    box.slider = slider
     return box

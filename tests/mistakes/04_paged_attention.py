@@ -30,8 +30,9 @@ MISTAKES = [
     Mistake(
         "double-free-accepted",  # no check: a second free drives the count negative
         cell="t4-2-block-allocator",
-        find="        self._check_held(block_id)\n        self.ref_counts[block_id] -= 1",
-        replace="        self.ref_counts[block_id] -= 1",
+        find="        if not 0 <= block_id < len(self.ref_counts) or self.ref_counts[block_id] == 0:\n"
+        "            raise ValueError(f\"block {block_id} is not held by anyone: a double free?\")\n",
+        replace="",
         lost=["t4-2-block-allocator-tests"],
         says="raises ValueError",
     ),

@@ -16,7 +16,8 @@ MISTAKES = [
         cell="t5-1-schedule",
         find="        if not kv_cache.allocate_slots(request.request_id, request.all_token_ids, num_cached, num_new, "
         "blocks):\n            break  # first come, first served\n",
-        replace="        kv_cache.allocate_slots(request.request_id, request.all_token_ids, num_cached, num_new, blocks)\n",
+        replace="        kv_cache.allocate_slots(request.request_id, request.all_token_ids, num_cached, num_new, "
+        "blocks)\n",
         lost=["t5-1-schedule-tests"],
         says="shortest failing sequence",
     ),
