@@ -17,9 +17,10 @@ import pytest
 from notebook_tools import SOLUTIONS
 
 from labkit import protocols
-from labkit.engine import LLM, EngineConfig, LLMEngine, load_model
+from labkit.engine import EngineConfig, LLMEngine
 from labkit.exercises import ch4, ch5
 from labkit.kv_cache import BlockAllocator, PagedKVCache
+from labkit.llm import LLM, load_model
 from labkit.sampler import Sampler, SamplingParams
 from labkit.scheduler import Scheduler
 

@@ -66,7 +66,7 @@ class ReferenceAllocator:
 
     def fork(self, block_id: int) -> None:
         self._check_held(block_id)
-        self._allocator.fork(block_id)
+        self._allocator.touch(block_id)
 
     def free(self, block_id: int) -> None:
         self._check_held(block_id)
@@ -260,15 +260,12 @@ class StudentKVCache:
     def __init__(self, allocator_cls, allocate_slots, slot_mapping, num_layers: int, num_kv_heads: int,
                  head_dim: int, num_blocks: int, block_size: int = 16, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", enable_prefix_caching: bool = False):
-        from types import SimpleNamespace
-
-        from labkit.model import allocate_kv_caches
+        from labkit.kv_cache import allocate_kv_caches
 
         self.block_size, self._num_blocks = block_size, num_blocks
         self.allocator = allocator_cls(num_blocks)
         self._allocate_slots, self._slot_mapping = allocate_slots, slot_mapping
-        shape = SimpleNamespace(num_hidden_layers=num_layers, num_key_value_heads=num_kv_heads, head_dim=head_dim)
-        self._kv_caches = allocate_kv_caches(shape, num_blocks, block_size, dtype, device)
+        self._kv_caches = allocate_kv_caches(num_layers, num_kv_heads, head_dim, num_blocks, block_size, dtype, device)
         self.block_tables: dict[str, list[int]] = {}
 
     @property

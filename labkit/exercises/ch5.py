@@ -13,7 +13,7 @@ import functools
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,9 +70,6 @@ class ScheduledSeq:
     token_ids: list[int]
     block_table: list[int]
     sample: bool
-    # Not in the protocol, but labkit's engine (before the engine-core refactor) reads `s.request` to
-    # classify a step's tokens after a request has finished; the adapter fills it in.
-    request: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -164,7 +161,7 @@ class StudentScheduler:
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
-    def finish_request(self, request_id: str, reason: Any) -> Request:
+    def finish_request(self, request_id: str, reason: Any, stop_reason: int | str | None = None) -> Request:
         request = self.requests.pop(request_id)
         if request in self.running:
             self.running.remove(request)
@@ -174,6 +171,7 @@ class StudentScheduler:
         reason = FinishReason(reason)
         request.status = S.CANCELLED if reason == FinishReason.ABORT else S.FINISHED
         request.finish_reason, request.finished_time = reason, time.monotonic()
+        request.stop_reason = stop_reason
         return request
 
     def abort_request(self, request_id: str) -> Request:
@@ -193,7 +191,7 @@ class StudentScheduler:
             scheduled.append(ScheduledSeq(request.request_id, start, num_new,
                                           request.all_token_ids[start:start + num_new],
                                           self.kv_cache.block_table(request.request_id),
-                                          start + num_new == request.num_tokens, request))
+                                          start + num_new == request.num_tokens))
         for request in preempted:
             request.num_preemptions += 1
         self.history.append(([(s.request_id, s.num_computed_tokens, s.num_new_tokens, s.sample)
@@ -209,10 +207,11 @@ class StudentScheduler:
             request.num_computed_tokens += s.num_new_tokens
             if not s.sample:
                 continue
-            if request.first_token_time is None:
-                request.first_token_time = time.monotonic()
-            if self.update_fn(request, int(sampled_token_ids[s.request_id]), self.kv_cache,
-                              self.config.max_model_len) is not None:
+            token_id = int(sampled_token_ids[s.request_id])
+            reason = self.update_fn(request, token_id, self.kv_cache, self.config.max_model_len)
+            if reason is not None:
+                if reason == FinishReason.STOP and token_id in request.sampling_params.stop_token_ids:
+                    request.stop_reason = token_id  # what the engine reports (EOS leaves it None)
                 self.running.remove(request)
                 del self.requests[s.request_id]
                 request.finished_time = time.monotonic()
