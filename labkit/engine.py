@@ -134,12 +134,14 @@ class LLMEngine:
     kv_cache:  None (labkit's PagedKVCache sized by the config), a KVCache-protocol object, or a
                class / callable taking PagedKVCache's arguments (num_layers, num_kv_heads, head_dim,
                num_blocks, block_size, dtype, device, enable_prefix_caching);
-    sampler:   None (labkit's Sampler) or any object with `sample(logits, params, generators)`.
+    sampler:   None (labkit's Sampler) or any object with `sample(logits, params, generators)`;
+    runner:    None (labkit's: CUDA graphs on CUDA, else ModelRunner) or a callable
+               `(model, kv_cache, device) -> runner` with `execute_model(scheduled)`.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any | None = None, config: EngineConfig | None = None, *,
-                 scheduler: Any = None, kv_cache: Any = None, sampler: Any = None, eos_token_id: int | None = None,
-                 skip_special_tokens: bool = True):
+                 scheduler: Any = None, kv_cache: Any = None, sampler: Any = None, runner: Any = None,
+                 eos_token_id: int | None = None, skip_special_tokens: bool = True):
         self.model, self.tokenizer, self.model_config = model.eval(), tokenizer, model.config
         config = config or EngineConfig()
         if config.max_model_len is None:  # a copy: the caller's config may serve other engines
@@ -154,7 +156,9 @@ class LLMEngine:
         check_protocol(self.kv_cache, protocols.KVCache)
         check_protocol(self.scheduler, protocols.Scheduler)
         check_protocol(self.sampler, protocols.Sampler)
-        self.runner = make_runner(model, self.kv_cache, self.device, config, self.scheduler_config.max_num_seqs)
+        self.runner = (runner(model, self.kv_cache, self.device) if runner is not None else
+                       make_runner(model, self.kv_cache, self.device, config, self.scheduler_config.max_num_seqs))
+        check_protocol(self.runner, protocols.ModelRunner)
         eos = model.config.eos_token_ids or [getattr(tokenizer, "eos_token_id", None)]
         self.eos_token_id = eos_token_id if eos_token_id is not None else eos[0]
         self.skip_special_tokens = skip_special_tokens

@@ -113,6 +113,13 @@ class Sampler(Protocol):
         # logits (N, V) float, one SamplingParams and generator (or None) per row -> (N,) int64
 
 
+@runtime_checkable
+class ModelRunner(Protocol):
+    def execute_model(self, scheduled: Sequence[ScheduledRequest]) -> tuple[torch.Tensor, list[str]]:
+        ...
+        # one step's scheduled requests -> (logits (S, V) float32 of the rows that sample, their request ids)
+
+
 def missing_members(obj: Any, protocol: type) -> list[str]:
     """Names a protocol asks for that `obj` does not have (empty when it satisfies the protocol)."""
     names = [n for n in dir(protocol) if not n.startswith("_")]
@@ -120,4 +127,4 @@ def missing_members(obj: Any, protocol: type) -> list[str]:
     return sorted({n for n in names if not hasattr(obj, n)})
 
 
-__all__ = ["KVCache", "Sampler", "ScheduledRequest", "Scheduler", "SchedulerOutput", "missing_members"]
+__all__ = ["KVCache", "ModelRunner", "Sampler", "ScheduledRequest", "Scheduler", "SchedulerOutput", "missing_members"]

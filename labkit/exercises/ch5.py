@@ -462,13 +462,14 @@ def student_engine(model, tokenizer, config: EngineConfig, *, schedule, build_ba
                    update_request=reference_update_request, kv_cache=None) -> LLMEngine:
     """LLMEngine whose scheduler, flat-batch builder and sampler are the student's functions.
 
-    LLMEngine takes the scheduler, KV cache and sampler as arguments; it has no argument for the batch
-    builder, so the runner is replaced after construction."""
+    The student's parts enter through LLMEngine's own arguments (labkit.protocols)."""
     scheduler = functools.partial(StudentScheduler, schedule_fn=schedule, update_fn=update_request)
+
+    def runner(model, kv_cache, device):
+        return StudentModelRunner(build_batch, model, kv_cache.kv_caches, kv_cache.block_size, device)
+
     engine = LLMEngine(model, tokenizer, config, scheduler=scheduler, kv_cache=kv_cache,
-                       sampler=StudentSampler(sample_row))
-    engine.runner = StudentModelRunner(build_batch, model, engine.kv_cache.kv_caches, engine.kv_cache.block_size,
-                                       engine.device)
+                       sampler=StudentSampler(sample_row), runner=runner)
     return engine
 
 
