@@ -604,7 +604,7 @@ def lab_table_13b() -> list[TableRow]:
                  "(int4 before per-group scales)"),
         TableRow("Gradients", fp16, 0, 0, "right: one 16-bit gradient per parameter"),
         TableRow("Optimizer states", lab_optimizer, 0, 0, "wrong: Adam keeps m and v in fp32, 8 bytes/param "
-                 "= 104 GB (the lab's own diagram says 8 bytes/param), plus a 52 GB fp32 master copy"),
+                 "= 104 GB, plus a 52 GB fp32 master copy in mixed precision"),
         TableRow("Activations", act, (0, 10**9), (0, 10**9), "depends on batch and sequence length: "
                  "see training_activation_bytes / inference_activation_bytes"),
         TableRow("KV cache", None, "dynamic", "dynamic", "grows with batch x tokens: kv_cache_bytes"),
@@ -643,7 +643,8 @@ def corrected_table_13b(shape: ModelShape | str = "llama-2-13b", batch_size: int
                  f"batch {batch_size} x {seq_len} tokens, fp16"),
         TableRow("Total", train.total, inf16.total, inf4.total, ""),
         TableRow("Hardware (memory only)", hw(train.total, "H100-SXM"), hw(inf16.total, "H100-SXM"),
-                 hw(inf4.total, "RTX-4090"), "fewest GPUs whose memory sums to the total"),
+                 hw(inf4.total, "RTX-4090"), "fewest GPUs whose memory sums to the total, with no "
+                 "headroom: see gpu_headroom"),
     ]
 
 

@@ -157,6 +157,9 @@ def _samples() -> dict[str, str]:
 
 
 SAMPLE_TEXTS: dict[str, str] = _samples()
+# The parallel texts only: the same three articles in each language, so counts compare like with like
+# (SAMPLE_TEXTS adds a Python source, which is not a translation of anything).
+TRANSLATIONS: dict[str, str] = {lang: text for lang, text in SAMPLE_TEXTS.items() if lang != "Python code"}
 
 
 # ----------------------------------------------------------------------------------------------
