@@ -33,8 +33,8 @@ __all__ = [
     "embedding_bytes", "embedding_fraction", "format_bytes", "format_table", "forward_flops",
     "get_gpu", "get_preset", "gpus_needed", "inference_activation_bytes", "inference_footprint",
     "gpu_headroom", "kv_bytes_for_batch", "kv_cache_budget", "kv_cache_bytes", "kv_cache_bytes_per_token",
-    "lab_table_13b", "max_num_seqs", "max_sequences", "prefill_bound", "token_forwards", "training_activation_bytes", "training_footprint",
-    "weight_bytes",
+    "lab_table_13b", "max_num_seqs", "max_sequences", "prefill_bound", "token_forwards",
+    "training_activation_bytes", "training_footprint", "weight_bytes",
 ]
 
 # ----------------------------------------------------------------------------------------------
