@@ -14,6 +14,7 @@ import pytest
 import regex
 
 from labkit import assets
+from labkit import tokenizer_zoo as zoo
 from labkit.tokenizer import Tokenizer
 from labkit.tokenizer_zoo import (
     SAMPLE_TEXTS,
