@@ -236,7 +236,7 @@ def check_detokenizer(cls, hidden: bool = False) -> None:
                                            g.case(emoji), g.case(japanese[:1]), g.case([])],
                                 name="Detokenizer", forbid=forbid, hint=hint)
     g.check_function(run, ref, [_ids_of_text("unicode", 60), _ids_of_text("unicode", 60, cut=True),
-                                _ids_of_text("mixed", 80)], n=10, name="Detokenizer", forbid=forbid, hint=hint)
+                                _ids_of_text("mixed", 80)], n=6, name="Detokenizer", forbid=forbid, hint=hint)
 
 
 # ------------------------------------------------------------------------------------ Task 9
