@@ -1,55 +1,31 @@
 # The workbook's two set-up commands are `make lab` and `make test`; both build everything they need.
-# Each target below creates .venv with the machine's python3 when it is missing, installs torch==2.13.0
-# first (a CPU wheel; an unpinned torch would pull a multi-GB CUDA build), then labkit with its dev
-# extras, then fetches the offline assets. A stamp keyed on the dependency files' contents makes a second
-# run install nothing.
+# lab.mk holds the set-up (.venv, assets) and `make lab`; the student bundle's Makefile includes it too.
 
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-HOST   ?= 127.0.0.1
-PORT   ?= 8888
-LAB_ARGS ?=
+include lab.mk
+
+.DEFAULT_GOAL := help
 PYTEST_ARGS ?=
 RELEASE_ARGS ?=
 GRADE_ARGS ?=
 BENCH_ARGS ?=
 DEMO_ARGS ?=
-# JupyterLab refuses to run as root unless told it may.
-ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
-DEPS_HASH := $(shell cat pyproject.toml environment.yml | sha256sum | cut -c1-16)
-STAMP  := $(VENV)/.installed-$(DEPS_HASH)
-TORCH  := torch==2.13.0
+BUNDLE_ARGS ?=
 RELEASE_NB := $(patsubst solutions/%,notebooks/%,$(wildcard solutions/lab0.1/*.ipynb))
 
 .PHONY: lab test venv assets release grade demo bench lint clean help
 
 help:
-	@echo "make lab      JupyterLab on notebooks/ (HOST=$(HOST) PORT=$(PORT))"
+	@echo "make lab      JupyterLab on your working copy $(WORKSPACE)/, seeded from notebooks/ (HOST=$(HOST) PORT=$(PORT))"
 	@echo "make test     the whole test suite (what CI runs)"
 	@echo "make release  regenerate notebooks/ (student release) from solutions/"
 	@echo "make grade    autograde the submissions in autograder/submitted/"
 	@echo "make demo     SmolLM2 on CPU: 8 prompts batched, against HF generate"
 	@echo "make bench    the benchmark scripts in bench/"
 	@echo "make lint     ruff"
+	@echo "make formgrader     nbgrader's formgrader for this course (JupyterLab at /formgrader)"
+	@echo "make lab-solutions  JupyterLab on solutions/ (the instructor's notebooks)"
+	@echo "make student-bundle dist/*.tar.gz: release, labkit, environment, student README and Makefile"
 	@echo "make clean    remove .venv and build leftovers (not the asset cache)"
-
-$(STAMP): pyproject.toml environment.yml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	@rm -f $(VENV)/.installed-*
-	@touch $@
-
-venv: $(STAMP)
-
-assets: $(STAMP)
-	$(PY) -m labkit.assets fetch
-
-lab: assets
-	$(VENV)/bin/jupyter lab --no-browser --ip=$(HOST) --port=$(PORT) $(ROOT_FLAG) \
-		--ServerApp.root_dir=notebooks $(LAB_ARGS)
 
 test: assets
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -66,8 +42,28 @@ demo: assets
 bench: assets
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f $(BENCH_ARGS) || exit 1; done
 
+.PHONY: student-bundle formgrader lab-solutions browser-deps
+
+student-bundle: $(STAMP)
+	$(PY) -m autograder.bundle $(BUNDLE_ARGS)
+
+# nbgrader's formgrader reads nbgrader_config.py from the server's working directory, hence the cd;
+# the server's root is the course root (nbgrader needs the course inside it).
+formgrader: assets
+	cd autograder && $(abspath $(VENV))/bin/jupyter lab --no-browser --ip=$(HOST) --port=$(PORT) $(ROOT_FLAG) \
+		--ServerApp.root_dir=$(CURDIR) --ServerApp.default_url=/formgrader $(LAB_ARGS)
+
+lab-solutions: assets
+	$(JUPYTER_LAB) --ServerApp.root_dir=solutions $(LAB_ARGS)
+
+# Headless Chromium, its WebDriver and a Japanese font from Debian, for tests/test_browser.py (apt-get, as root).
+BROWSER_PKGS := chromium chromium-driver fonts-ipafont-gothic
+browser-deps:
+	@dpkg -s $(BROWSER_PKGS) >/dev/null 2>&1 || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PKGS); }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check labkit tests bench autograder
 
 clean:
-	rm -rf $(VENV) build *.egg-info labkit.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info labkit.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 import labkit.model as lm  # noqa: E402
 from labkit.demo import hf_generate, load_hf_model  # noqa: E402
-from labkit.engine import LLM, apply_chat_template  # noqa: E402
+from labkit.llm import LLM, apply_chat_template  # noqa: E402
 from labkit.sampler import SamplingParams  # noqa: E402
 
 QUESTIONS = [

@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-from labkit.engine import LLM, apply_chat_template
+from labkit.llm import LLM, apply_chat_template
 from labkit.sampler import SamplingParams
 
 QUESTIONS = [
@@ -46,7 +46,7 @@ def load_hf_model():
     from transformers.utils import logging as hf_logging
 
     from labkit import assets
-    from labkit.model import GGUF_ASSET
+    from labkit.loader import GGUF_ASSET
 
     hf_logging.set_verbosity_error()
     path = assets.path(GGUF_ASSET)

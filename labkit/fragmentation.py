@@ -23,7 +23,7 @@ Contiguous slabs are placed first-fit in one address space, so holes appear betw
   so live + reserved + internal + external + free == capacity_tokens.
 
 Scheduling: arrivals join a FCFS queue; the head is admitted if it fits and nothing behind it
-may jump ahead (no starvation, unlike the lab's §5.3 scheduler). A paged request that needs a
+may jump ahead (no starvation, unlike a scheduler that skips what does not fit). A paged request that needs a
 block when none is free preempts the most recently admitted request (its blocks are freed and it
 re-queues at the front to be recomputed, as vLLM does); admission keeps `watermark` of the blocks
 free while others run, as vLLM does, so that growth rarely has to preempt. A request's K/V holds

@@ -13,11 +13,11 @@ What it does
 
 What it does not do
 - It never reads or writes K/V values: the attention layer writes the new tokens' K/V at the slots
-  this module hands out (`slot_mapping`) and reads the context through the block table.
+  that `AttentionMetadata.build` derives from the block tables, and reads the context through them.
 - It does not decide who runs or who is preempted: the Scheduler does, through
   `get_computed_blocks`, `allocate_slots` and `free`. It knows requests only by their id.
 - No swapping to CPU memory, no sliding windows, no copy-on-write: a block held by two requests is
-  always full, so no one ever writes into a shared block (`check_invariants` asserts it).
+  always full, so no one ever writes into a shared block (tests/kv_invariants.py asserts it).
 
 Prefix caching
 - The hash of block i is `hash_block_tokens(hash of block i-1, token ids of block i)`, so equal hashes
@@ -38,7 +38,7 @@ Prefix caching
 """
 
 import hashlib
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -61,12 +61,26 @@ def hash_block_tokens(parent_hash: int | None, token_ids: Sequence[int]) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
 
 
+def allocate_kv_caches(num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int, block_size: int,
+                       dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer a zeroed (k_cache, v_cache), each (num_blocks, block_size, num_kv_heads, head_dim).
+
+    The one place K/V tensors are allocated. Zeros, not empty: a kernel that reads a padded lane and
+    multiplies it by 0 never meets NaN."""
+    if num_blocks < 1 or block_size < 1:
+        raise ValueError(f"num_blocks={num_blocks} and block_size={block_size} must both be >= 1")
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(num_layers)]
+
+
 class BlockAllocator:
     """Free queue, reference counts and the prefix-cache table of `num_blocks` physical blocks.
 
     A block is either in use (`ref_counts[b] >= 1`, held by that many block tables) or free
     (`ref_counts[b] == 0`, in `free_queue`). A free block may still be cached (it has a hash and can
-    be revived by `fork` on a prefix hit) until `allocate` hands it out and evicts it.
+    be revived by `touch` on a prefix hit) until `allocate` hands it out and evicts it.
     """
 
     def __init__(self, num_blocks: int):
@@ -96,7 +110,7 @@ class BlockAllocator:
         self.ref_counts[block_id] = 1
         return block_id
 
-    def fork(self, block_id: int) -> None:
+    def touch(self, block_id: int) -> None:
         """One more holder for a block: share an in-use block, or revive a cached free one (prefix hit)."""
         if self.ref_counts[block_id] == 0:
             assert self.block_hashes[block_id] is not None, f"block {block_id} is free and holds nothing"
@@ -130,11 +144,6 @@ class BlockAllocator:
         self.block_keys[block_id] = key
         return True
 
-    def reset_prefix_cache(self) -> None:
-        """Forget every cached block (their memory is untouched; in-use blocks stay in use)."""
-        for block_id in list(self.cached_blocks.values()):
-            self._evict(block_id)
-
     def _evict(self, block_id: int) -> None:
         block_hash = self.block_hashes[block_id]
         if block_hash is not None:
@@ -142,16 +151,6 @@ class BlockAllocator:
             self.block_hashes[block_id] = None
             self.block_keys[block_id] = None
 
-    def check_invariants(self) -> None:
-        """Assert the allocator's bookkeeping is consistent (tests call this after every step)."""
-        assert len(self.ref_counts) == self.num_blocks
-        assert all(r >= 0 for r in self.ref_counts), "negative reference count"
-        free = set(self.free_queue)
-        assert len(free) == len(self.free_queue), "free queue holds a block twice"
-        assert free == {b for b, r in enumerate(self.ref_counts) if r == 0}, "free queue != blocks with ref 0"
-        for block_hash, block_id in self.cached_blocks.items():
-            assert self.block_hashes[block_id] == block_hash and self.block_keys[block_id] is not None
-        assert sum(h is not None for h in self.block_hashes) == len(self.cached_blocks)
 
 
 class PagedKVCache:
@@ -182,10 +181,8 @@ class PagedKVCache:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.allocator = BlockAllocator(num_blocks)
-        shape = (num_blocks, block_size, num_kv_heads, head_dim)  # (N, B, H, D)
-        # zeros, not empty: a kernel that reads a padded lane then multiplies by 0 never meets NaN
-        self.k_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.kv_caches = allocate_kv_caches(num_layers, num_kv_heads, head_dim, num_blocks, block_size,
+                                            dtype, device)
         self.block_tables: dict[str, list[int]] = {}  # request id -> physical block ids
         self._num_tokens: dict[str, int] = {}  # request id -> token positions its table covers
         self._block_hashes: dict[str, list[int]] = {}  # request id -> hashes of its full blocks so far
@@ -200,16 +197,23 @@ class PagedKVCache:
         return 2 * num_layers * block_size * num_kv_heads * head_dim * itemsize
 
     @classmethod
+    def blocks_in_budget(cls, memory_bytes: int, num_layers: int, num_kv_heads: int, head_dim: int,
+                         block_size: int = 16, dtype: torch.dtype = torch.float32) -> int:
+        """How many blocks fit in `memory_bytes` (K and V of all layers together): the one KV sizing rule."""
+        per_block = cls.bytes_per_block(num_layers, num_kv_heads, head_dim, block_size, dtype)
+        if memory_bytes < per_block:
+            raise ValueError(f"memory_bytes={memory_bytes} holds no block: one block takes {per_block} "
+                             f"bytes; give more memory, set num_gpu_blocks, or use a smaller block_size "
+                             f"or dtype")
+        return memory_bytes // per_block
+
+    @classmethod
     def from_memory_budget(cls, memory_bytes: int, num_layers: int, num_kv_heads: int, head_dim: int,
                            block_size: int = 16, dtype: torch.dtype = torch.float32,
                            device: str | torch.device = "cpu",
                            enable_prefix_caching: bool = True) -> "PagedKVCache":
         """As many blocks as fit in `memory_bytes` (K and V of all layers together)."""
-        per_block = cls.bytes_per_block(num_layers, num_kv_heads, head_dim, block_size, dtype)
-        num_blocks = memory_bytes // per_block
-        if num_blocks < 1:
-            raise ValueError(f"memory_bytes={memory_bytes} holds no block: one block takes {per_block} "
-                             f"bytes; give more memory or use a smaller block_size or dtype")
+        num_blocks = cls.blocks_in_budget(memory_bytes, num_layers, num_kv_heads, head_dim, block_size, dtype)
         return cls(num_layers, num_kv_heads, head_dim, num_blocks, block_size, dtype, device,
                    enable_prefix_caching)
 
@@ -221,16 +225,6 @@ class PagedKVCache:
     def num_free_blocks(self) -> int:
         """Blocks available to new allocations (cached blocks nobody holds count as free)."""
         return self.allocator.num_free_blocks
-
-    @property
-    def usage(self) -> float:
-        """Fraction of blocks held by some request, in [0, 1]."""
-        return 1.0 - self.num_free_blocks / self.num_blocks
-
-    @property
-    def kv_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(k_cache, v_cache) per layer, each (num_blocks, block_size, num_kv_heads, head_dim)."""
-        return list(zip(self.k_caches, self.v_caches))
 
     def num_blocks_needed(self, num_tokens: int) -> int:
         """Blocks that hold `num_tokens` token positions: ceil(num_tokens / block_size)."""
@@ -284,7 +278,7 @@ class PagedKVCache:
             self._block_hashes[request_id] = [self.allocator.block_hashes[b] for b in computed_blocks]
         table = self.block_tables[request_id]
         for block_id in computed_blocks:  # take the hits before allocating, so they cannot be evicted
-            self.allocator.fork(block_id)
+            self.allocator.touch(block_id)
             table.append(block_id)
         table.extend(self.allocator.allocate() for _ in range(num_new_blocks))
         self._num_tokens[request_id] = num_tokens
@@ -308,52 +302,6 @@ class PagedKVCache:
         self._num_tokens.pop(request_id, None)
         self._block_hashes.pop(request_id, None)
 
-    def fork(self, parent_id: str, child_id: str) -> bool:
-        """Give `child_id` the parent's context (e.g. for parallel sampling): full blocks are shared by
-        reference, the partial last block is copied into a fresh block. False if no block is free."""
-        assert child_id not in self.block_tables, f"request {child_id!r} already holds blocks"
-        table, num_tokens = self.block_tables[parent_id], self._num_tokens[parent_id]
-        num_full = num_tokens // self.block_size
-        if len(table) > num_full and self.num_free_blocks == 0:
-            return False
-        for block_id in table[:num_full]:
-            self.allocator.fork(block_id)
-        child = table[:num_full]
-        if len(table) > num_full:
-            child.append(self.allocator.allocate())
-            for cache in self.k_caches + self.v_caches:
-                cache[child[-1]] = cache[table[-1]]
-        self.block_tables[child_id] = child
-        self._num_tokens[child_id] = num_tokens
-        self._block_hashes[child_id] = list(self._block_hashes[parent_id])
-        return True
-
     def block_table(self, request_id: str) -> list[int]:
         """A copy of the request's block table: logical block i -> physical block id."""
         return list(self.block_tables[request_id])
-
-    def slot_mapping(self, request_id: str, start: int, end: int) -> list[int]:
-        """Slots of token positions [start, end): table[p // block_size] * block_size + p % block_size."""
-        table, size = self.block_tables[request_id], self.block_size
-        assert 0 <= start <= end <= len(table) * size, f"positions [{start}, {end}) outside the block table"
-        return [table[p // size] * size + p % size for p in range(start, end)]
-
-    def reset_prefix_cache(self) -> None:
-        """Forget all cached prefixes (e.g. after loading new weights: the old K/V mean nothing now).
-        Blocks that requests hold stay theirs; they are just no longer found by `get_computed_blocks`."""
-        self.allocator.reset_prefix_cache()  # requests' hash chains stay valid: they hash token ids
-
-    def check_invariants(self) -> None:
-        """Assert that tables and allocator agree: every block free or held; ref count == number of
-        tables holding it; a block in two tables is full in each (only full prefix blocks are shared)."""
-        self.allocator.check_invariants()
-        holders = Counter(b for table in self.block_tables.values() for b in table)
-        for block_id in range(self.num_blocks):
-            assert self.allocator.ref_counts[block_id] == holders[block_id], f"block {block_id} ref count"
-        for request_id, table in self.block_tables.items():
-            num_tokens = self._num_tokens[request_id]
-            assert len(table) == self.num_blocks_needed(num_tokens), f"{request_id!r}: table size"
-            assert len(set(table)) == len(table), f"{request_id!r} holds a block twice"
-            for block_id in table[num_tokens // self.block_size:]:  # the partial last block, if any
-                assert holders[block_id] == 1, f"partial block {block_id} is shared"
-                assert self.allocator.block_hashes[block_id] is None, f"partial block {block_id} cached"

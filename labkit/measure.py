@@ -5,7 +5,7 @@ that exist. Every byte count is a sum over real tensors' storages, each storage 
 a tied weight or a tensor saved twice for backward does not count twice):
 
     fp = training_step_footprint(model, loss_fn)      # parameters, .grad, AdamW state, saved activations
-    fp = inference_footprint(model, forward_fn, kv)   # parameters, KV cache, peak of the pass's tensors
+    fp = inference_step_footprint(model, forward_fn, kv)   # parameters, KV cache, peak of the pass's tensors
     trace = greedy_decode(model, prompt_ids, 256, cached=True)   # ids, seconds per step, token-forwards
 
 Decoding with and without a KV cache, on any labkit LlamaForCausalLM: `SequenceKVCache` (one
@@ -36,6 +36,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from labkit.attention import AttentionMetadata, paged_attention
+from labkit.kv_cache import allocate_kv_caches
+from labkit.loader import open_gguf
 
 
 # ---------------------------------------------------------------------------------------------- bytes
@@ -217,7 +221,7 @@ def training_step_footprint(
     return fp
 
 
-def inference_footprint(
+def inference_step_footprint(
     model: torch.nn.Module,
     forward_fn: Callable[[torch.nn.Module], object],
     kv_cache: Iterable[torch.Tensor] = (),
@@ -270,6 +274,52 @@ def time_decode(step: Callable[[int], tuple[int, int]], n_steps: int) -> DecodeT
 
 
 # ------------------------------------------------------------------------------------ labkit's model
+@torch.inference_mode()
+def sequence_logits(
+    model: torch.nn.Module, input_ids: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor, block_size: int = 16
+) -> torch.Tensor | list[torch.Tensor]:
+    """Logits of a labkit model at every position of one or more whole sequences (a dense oracle).
+
+    input_ids: a list of ids (or 1-D tensor) -> (L, vocab); a list of lists -> a list of (L_i, vocab).
+    All sequences run as ONE flat prefill batch through a throwaway paged cache."""
+    single = isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1 or (
+        len(input_ids) > 0 and not isinstance(input_ids[0], (Sequence, torch.Tensor))
+    )
+    seqs = [[int(t) for t in s] for s in ([input_ids] if single else list(input_ids))]
+    if not seqs:
+        raise ValueError("no sequences given; pass a list of token ids or a list of such lists.")
+    vocab = model.config.vocab_size
+    for i, s in enumerate(seqs):
+        if not s:
+            raise ValueError(f"sequence {i} is empty; every sequence needs at least one token.")
+        bad = [t for t in s if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"sequence {i} has token id {bad[0]} outside [0, {vocab}): encode with this "
+                             f"model's tokenizer.")
+    hidden, _ = forward_sequences(model, seqs, block_size)
+    parts = list(model.compute_logits(hidden).split([len(s) for s in seqs]))  # (L_i, vocab) each
+    return parts[0] if single else parts
+
+
+def forward_sequences(
+    model: torch.nn.Module, seqs: Sequence[Sequence[int]], block_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run whole sequences as ONE flat prefill batch through a throwaway paged cache (each sequence
+    gets consecutive blocks). Returns (hidden (sum L, hidden_size), input_ids (sum L,)). Not under
+    inference_mode, so gradients flow (causal_lm_loss trains through it)."""
+    lens = [len(s) for s in seqs]
+    starts = [0]
+    for n in lens:
+        starts.append(starts[-1] + -(-n // block_size))
+    tables = [list(range(a, b)) for a, b in zip(starts, starts[1:])]  # consecutive blocks per sequence
+    c = model.config
+    caches = allocate_kv_caches(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, starts[-1], block_size,
+                                model.dtype, model.device)
+    meta = AttentionMetadata.build(lens, lens, tables, block_size, device=model.device)
+    ids = torch.tensor([int(t) for s in seqs for t in s], dtype=torch.int64, device=model.device)  # (T,)
+    return model(ids, meta.positions(), caches, meta), ids
+
+
 def causal_lm_loss(
     model: torch.nn.Module, sequences: Sequence[Sequence[int]], block_size: int = 16
 ) -> torch.Tensor:
@@ -281,7 +331,7 @@ def causal_lm_loss(
             "causal_lm_loss needs at least one sequence, each of at least 2 tokens (input and target)"
         )
     lens = [len(s) for s in seqs]
-    hidden, ids = model.forward_sequences(seqs, block_size)  # (T, hidden), (T,)
+    hidden, ids = forward_sequences(model, seqs, block_size)  # (T, hidden), (T,)
     starts = [0]
     for n in lens:
         starts.append(starts[-1] + n)
@@ -301,14 +351,14 @@ class SequenceKVCache:
     """
 
     def __init__(self, model: torch.nn.Module, max_len: int, block_size: int = 16) -> None:
-        from labkit.model import allocate_kv_caches
-
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1 token, got {max_len}")
         self.model, self.max_len, self.block_size = model, int(max_len), int(block_size)
         self.num_blocks = -(-self.max_len // self.block_size)
+        c = model.config
         self.kv_caches = allocate_kv_caches(
-            model.config, self.num_blocks, block_size, model.dtype, model.device
+            c.num_hidden_layers, c.num_key_value_heads, c.head_dim, self.num_blocks, block_size,
+            model.dtype, model.device,
         )
         self.num_cached_tokens = 0
 
@@ -318,8 +368,6 @@ class SequenceKVCache:
 
     @torch.inference_mode()
     def forward(self, new_ids: Sequence[int]) -> torch.Tensor:
-        from labkit.attention import AttentionMetadata
-
         new_ids = [int(t) for t in new_ids]
         if not new_ids:
             raise ValueError("forward needs at least one new token id")
@@ -427,8 +475,6 @@ def decode_attention(
     (T, H_kv, D): the T previous tokens. Returns (out (H, D), k_cache (T+1, H_kv, D), v_cache (T+1, H_kv, D)):
     the new token's K/V appended, and softmax(q k^T / sqrt(D)) v over all T+1 tokens, query head h
     reading KV head h // (H // H_kv)."""
-    from labkit.attention import AttentionMetadata, paged_attention
-
     H, D = q.shape
     T, Hkv, _ = k_cache.shape
     assert k_new.shape == v_new.shape == (Hkv, D) and v_cache.shape == k_cache.shape, "shapes disagree"
@@ -447,11 +493,7 @@ def gguf_tensor_bytes(path: str | None = None) -> dict[str, tuple[int, int]]:
 
     Default: the SmolLM2-135M-Instruct asset. The bytes are what the file stores for each tensor (packed
     4-bit or 8-bit values plus their per-block scales), read from the file's own tensor table."""
-    from gguf import GGUFReader
-
-    from labkit import assets
-
-    reader = GGUFReader(path or assets.path("smollm2-135m-instruct-q4_1"))
+    reader = open_gguf(path)
     out: dict[str, tuple[int, int]] = {}
     for t in reader.tensors:
         n, b = out.get(t.tensor_type.name, (0, 0))
@@ -486,3 +528,11 @@ def time_uncached_steps(
         last_token_logits(model, ids[:length])
         out.append((int(length), time.perf_counter() - t0))
     return out
+
+
+def __getattr__(name: str):
+    """`inference_footprint`, this function's old name, clashed with labkit.memory.inference_footprint
+    (a formula of another type); it stays importable until the chapter-2 notebook uses the new name."""
+    if name == "inference_footprint":
+        return inference_step_footprint
+    raise AttributeError(f"module 'labkit.measure' has no attribute {name!r}")

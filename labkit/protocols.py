@@ -10,7 +10,16 @@
 Any object with these members works (they are `typing.Protocol`s: no inheritance needed, and
 `isinstance(obj, Sampler)` checks the members are there, not their signatures). The reference
 implementations are `labkit.kv_cache.PagedKVCache`, `labkit.scheduler.Scheduler` and
-`labkit.sampler.Sampler`; `labkit.engine.check_protocols` names whatever a replacement lacks.
+`labkit.sampler.Sampler`; `labkit.engine.check_protocol` names whatever a replacement lacks.
+The reference scheduler uses only what `KVCache` names, and the engine only what `KVCache`,
+`Scheduler`, `SchedulerOutput`, `ScheduledRequest` and `Sampler` name (tests/test_protocols.py plugs in
+classes written from this file alone).
+
+The requests a scheduler receives are `labkit.scheduler.Request` records, made by the engine. A
+scheduler keeps them up to date: `status` (RequestStatus), `num_computed_tokens`, each sampled token
+through `append_output_token` (which also records the token's time), and `finish_reason` (and
+`stop_reason`, for a stop token) when it ends one; the reference scheduler also records
+`first_scheduled_time`, `num_cached_tokens` and `num_preemptions`, which only the metrics read.
 
 What is deliberately NOT in the protocols: how blocks are chosen (free lists, prefix hashing,
 eviction order), how the waiting queue is ordered, how preemption victims are picked, how tokens are
@@ -82,7 +91,9 @@ class Scheduler(Protocol):
 
     def abort_request(self, request_id: str) -> Any: ...  # KeyError for an unknown id
 
-    def finish_request(self, request_id: str, reason: Any) -> Any: ...  # e.g. a stop string was found
+    def finish_request(
+        self, request_id: str, reason: Any, stop_reason: int | str | None = None
+    ) -> Any: ...  # the engine found a stop string: reason FinishReason.STOP, stop_reason the string
 
     def schedule(self) -> SchedulerOutput: ...
 

@@ -2,7 +2,8 @@
 
 The scheduler says, for each request in the step, which of its tokens to compute
 (`num_computed_tokens .. num_computed_tokens + num_new_tokens - 1`) and which physical blocks hold
-its context. The runner turns that into the tensors of ONE flat batch, with no padding:
+its context. The runner turns that into the tensors of ONE flat batch, with no padding (the
+attention metadata comes from `AttentionMetadata.build`, the one place a slot is computed):
 
     input_ids        (T,)   int64   the new tokens of every request, concatenated in batch order
     positions        (T,)   int64   each token's position in its own sequence
@@ -12,7 +13,8 @@ its context. The runner turns that into the tensors of ONE flat batch, with no p
     block_tables     (S, M) int32   physical block ids, padded with -1
 
 A decode (1 row), a whole prefill, a prefill chunk and a prefill over a cached prefix are all the same
-thing here, so one batch mixes them freely (ERRATA 12: no whole-batch prefill-or-decode switch).
+thing here, so one batch mixes them freely: there is no whole-batch switch between a prefill mode
+and a decode mode, as some descriptions of inference engines have it.
 
 The forward pass writes the K/V of every input token into the cache. The token sampled at the end of
 this step is NOT written now: it is an input token of the NEXT step, whose forward pass writes it.
@@ -21,7 +23,7 @@ Logits are computed only for the last row of each request whose `sample` is True
 chunk has nothing to sample), so the (T, hidden) x (hidden, vocab) product shrinks to (S', vocab).
 
 Everything is built per step with a handful of list concatenations and vectorized torch ops; nothing
-loops over tokens in Python. What this does not do: CUDA graphs, pinned-memory staging, persistent
+loops over tokens in Python. What this does not do (yet): CUDA graphs, pinned-memory staging, persistent
 input buffers, or speculative decoding.
 """
 
@@ -76,48 +78,23 @@ class ModelRunner:
     def prepare_inputs(self, scheduled: Sequence[ScheduledRequest]) -> ModelInput:
         """The flat batch of one step. `scheduled` must be non-empty, each with num_new_tokens >= 1."""
         assert scheduled, "an empty step has no batch: check the scheduler output before running it"
-        B = self.block_size
-        q_lens = [s.num_new_tokens for s in scheduled]  # (S,)
-        starts = [s.num_computed_tokens for s in scheduled]  # (S,) first position computed this step
-        seq_lens = [c + q for c, q in zip(starts, q_lens)]
-        for s, q in zip(scheduled, q_lens):
-            assert q >= 1 and len(s.token_ids) == q, f"{s.request_id}: {len(s.token_ids)} ids for {q} rows"
-            assert len(s.block_table) * B >= s.num_computed_tokens + q, f"{s.request_id}: table too short"
-        qsl = [0]
-        for q in q_lens:
-            qsl.append(qsl[-1] + q)
-        T, S = qsl[-1], len(scheduled)
-        width = max(len(s.block_table) for s in scheduled)
-        tables = [list(s.block_table) + [-1] * (width - len(s.block_table)) for s in scheduled]
-
-        input_ids = torch.tensor(list(chain.from_iterable(s.token_ids for s in scheduled)), dtype=torch.int64)
-        block_tables = torch.tensor(tables, dtype=torch.int32).view(S, width)  # (S, M)
-        q_lens_t = torch.tensor(q_lens, dtype=torch.int64)  # (S,)
-        seq_idx = torch.repeat_interleave(torch.arange(S), q_lens_t)  # (T,) which request owns each row
-        # position of row r = start of its request + (r - first row of its request)
-        offset = torch.tensor(starts, dtype=torch.int64) - torch.tensor(qsl[:-1], dtype=torch.int64)  # (S,)
-        positions = torch.arange(T, dtype=torch.int64) + offset[seq_idx]  # (T,)
-        blocks = block_tables[seq_idx, positions // B].to(torch.int64)  # (T,) physical block of each row
-        slot_mapping = blocks * B + positions % B  # (T,)
-        assert T == 0 or int(blocks.min()) >= 0, "a position falls outside its request's block table"
-
-        rows = [i for i, s in enumerate(scheduled) if s.sample]
-        dev = self.device
-        meta = AttentionMetadata(
-            slot_mapping=slot_mapping.to(dev),
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=block_tables.to(dev),
-            max_query_len=max(q_lens),
-            max_seq_len=max(seq_lens),
-            query_start_loc_list=qsl,
-            seq_lens_list=seq_lens,
+        for s in scheduled:
+            assert len(s.token_ids) == s.num_new_tokens, f"{s.request_id}: ids != num_new_tokens"
+        meta = AttentionMetadata.build(
+            [s.num_computed_tokens + s.num_new_tokens for s in scheduled],
+            [s.num_new_tokens for s in scheduled],
+            [s.block_table for s in scheduled],
+            self.block_size,
+            self.device,
         )
+        qsl = meta.query_start_loc_list
+        rows = [i for i, s in enumerate(scheduled) if s.sample]
+        ids = list(chain.from_iterable(s.token_ids for s in scheduled))
         return ModelInput(
-            input_ids=input_ids.to(dev),
-            positions=positions.to(dev),
+            input_ids=torch.tensor(ids, dtype=torch.int64, device=self.device),
+            positions=meta.positions(),
             attn_metadata=meta,
-            logits_indices=torch.tensor([qsl[i + 1] - 1 for i in rows], dtype=torch.int64, device=dev),
+            logits_indices=torch.tensor([qsl[i + 1] - 1 for i in rows], dtype=torch.int64, device=self.device),
             sample_request_ids=[scheduled[i].request_id for i in rows],
         )
 

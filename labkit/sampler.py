@@ -38,50 +38,35 @@ class SamplingParams:
     seed: int | None = None  # per-request seed; None = torch's global generator
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
+        """The one place sampling parameters are checked; everything downstream trusts them."""
+        self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(
-                f"max_tokens={self.max_tokens!r}: a request must generate at least 1 token. "
-                f"Fix: pass max_tokens >= 1 (an int)."
-            )
-        if not self.temperature >= 0:  # also catches NaN
-            raise ValueError(
-                f"temperature={self.temperature!r}: it must be >= 0 (0 = greedy). "
-                f"Fix: use 0 for greedy decoding or a positive value such as 0.7 or 1.0."
-            )
-        if not 0 < self.top_p <= 1:
-            raise ValueError(
-                f"top_p={self.top_p!r}: it must lie in (0, 1]. Fix: use 1.0 to turn nucleus "
-                f"sampling off, or a value such as 0.9."
-            )
-        if (
-            isinstance(self.top_k, bool)
-            or not isinstance(self.top_k, int)
-            or not (self.top_k == -1 or self.top_k >= 1)
-        ):
-            raise ValueError(
-                f"top_k={self.top_k!r}: it must be -1 (off) or an int >= 1. "
-                f"Fix: use -1 to keep every token, or e.g. 50."
-            )
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed={self.seed!r}: it must be an int or None. Fix: pass e.g. seed=0.")
-        bad = [t for t in self.stop_token_ids if not isinstance(t, int) or t < 0]
-        if bad:
-            raise ValueError(
-                f"stop_token_ids contains {bad[0]!r}; token ids are ints >= 0. "
-                f"Fix: remove it, or pass the tokenizer's id for that token."
-            )
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(
-                f"stop={self.stop!r}: stop strings must be non-empty str. "
-                f"Fix: drop empty strings (an empty string would stop at once)."
-            )
+        rules = [
+            (_is_int(self.max_tokens) and self.max_tokens >= 1,
+             f"max_tokens={self.max_tokens!r}: a request must generate at least 1 token. Fix: pass an int >= 1."),
+            (self.temperature >= 0,  # False for NaN too
+             f"temperature={self.temperature!r}: it must be >= 0 (0 = greedy). Fix: use 0 or e.g. 0.7."),
+            (0 < self.top_p <= 1,
+             f"top_p={self.top_p!r}: it must lie in (0, 1]. Fix: use 1.0 to turn nucleus sampling off, or e.g. 0.9."),
+            (_is_int(self.top_k) and (self.top_k == -1 or self.top_k >= 1),
+             f"top_k={self.top_k!r}: it must be -1 (off) or an int >= 1. Fix: use -1 to keep every token, or e.g. 50."),
+            (self.seed is None or _is_int(self.seed), f"seed={self.seed!r}: it must be an int or None. Fix: seed=0."),
+            (all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
+             f"stop_token_ids={self.stop_token_ids!r}: token ids are ints >= 0. Fix: use the tokenizer's ids."),
+            (all(isinstance(x, str) and x for x in self.stop),
+             f"stop={self.stop!r}: stop strings must be non-empty str. Fix: drop empty strings (they stop at once)."),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise ValueError(message)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
@@ -123,10 +108,7 @@ class Sampler:
     """Batched sampling: one token per row of logits, each row with its own SamplingParams."""
 
     def sample(
-        self,
-        logits: torch.Tensor,
-        params: list[SamplingParams],
-        generators: list[torch.Generator | None] | None = None,
+        self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None] | None = None
     ) -> torch.Tensor:
         """logits (N, V), one SamplingParams (and generator or None) per row -> (N,) int64 token ids."""
         N, V = logits.shape
@@ -134,29 +116,34 @@ class Sampler:
             raise ValueError(f"got {len(params)} SamplingParams for {N} rows of logits; pass one per row.")
         generators = generators if generators is not None else [None] * N
         if len(generators) != N:
-            raise ValueError(
-                f"got {len(generators)} generators for {N} rows of logits; pass one (or None) per row."
-            )
+            raise ValueError(f"got {len(generators)} generators for {N} rows of logits; pass one (or None) per row.")
         logits = logits.float()
         out = logits.argmax(dim=-1)  # greedy rows are done; the others are overwritten below
         rows = [i for i, p in enumerate(params) if not p.greedy]
         if not rows:
             return out
         dev = logits.device
-        idx = torch.tensor(rows, device=dev)
-        temp = torch.tensor([params[i].temperature for i in rows], device=dev)
+        seeded = any(generators[i] is not None for i in rows)  # else one draw for all rows, not one per row
+        u = torch.cat([_uniform(generators[i], dev) for i in rows]) if seeded else torch.rand(len(rows), device=dev)
+        idx = torch.tensor(rows).to(dev, non_blocking=True)  # no wait for the GPU to finish the forward pass
+        temp = torch.tensor([params[i].temperature for i in rows]).to(dev, non_blocking=True)
+        if all(params[i].top_k == -1 and params[i].top_p == 1 for i in rows):  # no filter: no vocabulary sort
+            out[idx] = _inverse_cdf((logits[idx] / temp[:, None]).softmax(dim=-1).cumsum(dim=-1), u).clamp_max(V - 1)
+            return out
         top_k = torch.tensor([params[i].top_k for i in rows], device=dev)
         top_p = torch.tensor([params[i].top_p for i in rows], device=dev)
         sorted_logits, order, drop = _filter_sorted(logits[idx] / temp[:, None], top_k, top_p)
         probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)  # (R, V), sorted order
-        u = torch.cat([_uniform(generators[i], dev) for i in rows])  # (R,) one uniform per row
-        cdf = probs.cumsum(dim=-1)  # (R, V)
-        target = (u * cdf[:, -1])[:, None]  # scaled by the total, which rounding keeps near 1
-        rank = torch.searchsorted(cdf, target, right=True).squeeze(1)  # first rank with cdf > target
+        rank = _inverse_cdf(probs.cumsum(dim=-1), u)
         last_kept = (~drop).sum(dim=-1) - 1  # survivors are a prefix; never step past it
-        tokens = order.gather(1, torch.minimum(rank, last_kept)[:, None]).squeeze(1)
-        out[idx] = tokens
+        out[idx] = order.gather(1, torch.minimum(rank, last_kept)[:, None]).squeeze(1)
         return out
+
+
+def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """cdf (R, V) non-decreasing, u (R,) in [0, 1) -> (R,) the first index whose cdf exceeds u * total."""
+    target = (u * cdf[:, -1])[:, None]  # scaled by the total, which rounding keeps near 1
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
 def _uniform(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

@@ -24,8 +24,9 @@ What it does not do
   the model, samples the requests whose `sample` is True and calls `update_from_output`.
 - No priorities, no swapping to CPU, no speculative decoding, no parallel sampling (n > 1).
 
-`sampling_params` is duck-typed: any object with `max_tokens` (int, or None for "until max_model_len"),
-and optionally `ignore_eos` (default False) and `stop_token_ids` (default none).
+`sampling_params` is a labkit.sampler.SamplingParams, validated when it was made; this module reads
+its `max_tokens`, `ignore_eos` and `stop_token_ids`. Admission limits (duplicate id, empty prompt,
+max_model_len, blocks needed) are checked here and nowhere else.
 """
 
 import enum
@@ -33,9 +34,9 @@ import operator
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
-from labkit.kv_cache import PagedKVCache
+from labkit.protocols import KVCache
+from labkit.sampler import SamplingParams
 
 
 class RequestStatus(enum.Enum):
@@ -54,16 +55,17 @@ class FinishReason(enum.Enum):
 
 @dataclass(eq=False)
 class Request:
-    """One generation request and the scheduler's state for it.
+    """One generation request: its tokens, the scheduler's state, and its timeline (the one record).
 
     `num_computed_tokens` counts the tokens whose K/V are in the cache; the request's next step
     computes tokens from there. `all_token_ids` is prompt + outputs (kept in step with
-    `output_token_ids` by `append_output_token`).
+    `output_token_ids` by `append_output_token`). Times are time.monotonic() seconds, each recorded
+    where its event happens: admission, a token appended, the finish.
     """
 
     request_id: str
     prompt_token_ids: list[int]
-    sampling_params: Any  # needs .max_tokens; .ignore_eos and .stop_token_ids are optional
+    sampling_params: SamplingParams
     eos_token_id: int | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     status: RequestStatus = RequestStatus.WAITING
@@ -73,9 +75,11 @@ class Request:
     max_tokens: int | None = None  # set by add_request from sampling_params (None: up to max_model_len)
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    last_token_time: float | None = None
     finished_time: float | None = None
     num_preemptions: int = 0
     finish_reason: FinishReason | None = None
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it (not EOS)
     all_token_ids: list[int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -102,34 +106,40 @@ class Request:
     def append_output_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
+        self.last_token_time = time.monotonic()
+        if self.first_token_time is None:
+            self.first_token_time = self.last_token_time
 
 
 @dataclass
 class SchedulerConfig:
     max_num_seqs: int = 64  # requests in one batch; bounds the running list
     max_num_batched_tokens: int = 2048  # new tokens in one batch (decodes + prefill chunks): step cost
-    max_model_len: int = 2048  # prompt + output tokens of one request
+    max_model_len: int | None = 2048  # prompt + output tokens of one request (None: set by the engine)
     enable_chunked_prefill: bool = True  # split long prompts over steps; else a prompt is one piece
     long_prefill_token_threshold: int = 0  # >0: at most this many tokens of one prefill per step
     policy: str = "fcfs"  # "fcfs" | "shortest_prompt_first" (the lab's; can starve long prompts)
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+            value = getattr(self, name)
+            if (value is not None or name != "max_model_len") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be >= 1 (an int)")
         if self.long_prefill_token_threshold < 0:
             raise ValueError(f"long_prefill_token_threshold={self.long_prefill_token_threshold} must "
                              f"be >= 0 (0 turns the cap off)")
         if self.long_prefill_token_threshold and not self.enable_chunked_prefill:
             raise ValueError("long_prefill_token_threshold caps prefill chunks: set "
                              "enable_chunked_prefill=True or the threshold to 0")
-        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < (self.max_model_len or 0):
             raise ValueError(f"without chunked prefill a whole prompt of up to max_model_len="
                              f"{self.max_model_len} tokens must fit one batch, but max_num_batched_tokens="
                              f"{self.max_num_batched_tokens}: raise it, lower max_model_len or enable "
                              f"chunked prefill")
         if self.policy not in ("fcfs", "shortest_prompt_first"):
-            raise ValueError(f"policy={self.policy!r} is unknown: use 'fcfs' or 'shortest_prompt_first'")
+            raise ValueError(f"scheduling policy={self.policy!r} is unknown: use 'fcfs' or "
+                             f"'shortest_prompt_first'")
 
 
 @dataclass
@@ -141,7 +151,6 @@ class ScheduledRequest:
     num_new_tokens: int  # query length this step: 1 for a decode, k for a prefill chunk
     token_ids: list[int]  # the new tokens' ids, all_token_ids[num_computed : num_computed + num_new]
     block_table: list[int]  # the request's physical blocks, covering every position up to the end
-    slot_mapping: list[int]  # where the new tokens' K/V go: one slot per new token
     sample: bool  # True when this step computes the last known token: sample the next one
 
     @property
@@ -163,10 +172,9 @@ class ScheduledRequest:
 class SchedulerOutput:
     """One step's batch. What the engine does with it:
 
-    1. Flatten `scheduled` in order: input ids = concat(s.token_ids); positions = concat(range(
-       s.num_computed_tokens, s.seq_len)); slot_mapping = concat(s.slot_mapping); query_start_loc =
-       cumsum([0] + [s.num_new_tokens]); seq_lens = [s.seq_len]; block_tables = [s.block_table]
-       padded with -1 to (num_seqs, max_blocks).
+    1. Flatten `scheduled` in order into one batch (ModelRunner, through AttentionMetadata.build):
+       input ids = concat(s.token_ids); seq_lens = [s.seq_len]; query lens = [s.num_new_tokens];
+       block tables = [s.block_table]; positions and slots follow from those.
     2. Run the model; take the logits of each row with `s.sample` (its last token, at
        query_start_loc[i + 1] - 1) and sample with `s.request.sampling_params`.
     3. `scheduler.update_from_output(output, {s.request_id: token for the sampled rows})`, then
@@ -178,19 +186,13 @@ class SchedulerOutput:
     preempted_request_ids: list[str]  # preempted during this schedule()
     finished_request_ids: set[str]  # finished or aborted since the previous schedule(): drop their state
 
-    @property
-    def total_num_scheduled_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
-
 
 class Scheduler:
     """Continuous batching with chunked prefill, FCFS admission and preemption by recompute."""
 
-    def __init__(self, config: SchedulerConfig, kv_cache: PagedKVCache):
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCache):
+        if config.max_model_len is None:
+            raise ValueError("SchedulerConfig.max_model_len is None: set it (the engine sets it from the model)")
         self.config = config
         self.kv_cache = kv_cache
         self.waiting: deque[Request] = deque()  # admission order; preempted requests at the front
@@ -215,7 +217,8 @@ class Scheduler:
             raise ValueError(f"request {rid!r} has status {request.status.value} and "
                              f"{request.num_output_tokens} output tokens: add a new Request instead")
         if num_prompt == 0:
-            raise ValueError(f"request {rid!r} has an empty prompt: give it at least one token (e.g. BOS)")
+            raise ValueError(f"request {rid!r} has an empty prompt: give it at least one token (e.g. BOS); "
+                             f"with no tokens there is nothing to predict from")
         max_tokens = request.sampling_params.max_tokens
         if max_tokens is None:
             if num_prompt >= max_len:
@@ -230,7 +233,7 @@ class Scheduler:
                              f"{num_prompt + max_tokens} > max_model_len={max_len}: shorten the prompt, "
                              f"lower max_tokens or raise max_model_len")
         # The last sampled token is never fed back, so at most prompt + max_tokens - 1 positions.
-        needed = self.kv_cache.num_blocks_needed(num_prompt + max_tokens - 1)
+        needed = -(-(num_prompt + max_tokens - 1) // self.kv_cache.block_size)  # ceil
         if needed > self.kv_cache.num_blocks:
             raise ValueError(f"request {rid!r} may need {needed} KV blocks ({num_prompt} + {max_tokens} - 1 "
                              f"tokens, block_size {self.kv_cache.block_size}) but the cache has "
@@ -242,16 +245,18 @@ class Scheduler:
         """Cancel an unfinished request (waiting or running) and free its blocks."""
         return self.finish_request(request_id, FinishReason.ABORT)
 
-    def finish_request(self, request_id: str, reason: FinishReason | str) -> Request:
-        """End an unfinished request for a reason found outside the scheduler (stop string, abort)."""
+    def finish_request(self, request_id: str, reason: FinishReason | str,
+                       stop_reason: int | str | None = None) -> Request:
+        """End an unfinished request for a reason found outside the scheduler (a stop string, abort)."""
         if request_id not in self.requests:
             raise KeyError(f"no unfinished request {request_id!r}: it was never added, or already "
                            f"finished or aborted")
         request = self.requests[request_id]
-        self._finish(request, FinishReason(reason))
+        request.stop_reason = stop_reason
+        self._free_request(request, FinishReason(reason))
         return request
 
-    def _finish(self, request: Request, reason: FinishReason) -> None:
+    def _free_request(self, request: Request, reason: FinishReason) -> None:
         if request.status == RequestStatus.RUNNING:
             self.running.remove(request)
             self.kv_cache.free(request.request_id)
@@ -265,9 +270,6 @@ class Scheduler:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
-
-    def get_num_unfinished_requests(self) -> int:
-        return len(self.requests)
 
     # ---- one step ----------------------------------------------------------------------------------
 
@@ -360,7 +362,6 @@ class Scheduler:
             num_new_tokens=num_new,
             token_ids=request.all_token_ids[start:end],
             block_table=self.kv_cache.block_table(request.request_id),
-            slot_mapping=self.kv_cache.slot_mapping(request.request_id, start, end),
             sample=end == request.num_tokens,
         )
 
@@ -386,19 +387,18 @@ class Scheduler:
                 raise KeyError(f"no sampled token for request {s.request_id!r}, whose `sample` is True")
             token_id = operator.index(sampled_token_ids[s.request_id])
             request.append_output_token(token_id)
-            if request.first_token_time is None:
-                request.first_token_time = time.monotonic()
             reason = self._check_stop(request, token_id)
             if reason is not None:
-                self._finish(request, reason)
+                self._free_request(request, reason)
                 newly_finished.append(request)
         return newly_finished
 
     def _check_stop(self, request: Request, token_id: int) -> FinishReason | None:
         params = request.sampling_params
-        if token_id == request.eos_token_id and not getattr(params, "ignore_eos", False):
+        if token_id in params.stop_token_ids:
+            request.stop_reason = token_id  # (EOS leaves stop_reason None, as in vLLM)
             return FinishReason.STOP
-        if token_id in (getattr(params, "stop_token_ids", None) or ()):
+        if token_id == request.eos_token_id and not params.ignore_eos:
             return FinishReason.STOP
         if request.num_output_tokens >= request.max_tokens or request.num_tokens >= self.config.max_model_len:
             return FinishReason.LENGTH

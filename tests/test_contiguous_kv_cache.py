@@ -5,7 +5,8 @@ import torch
 
 from labkit import contiguous_kv_cache as ckv
 from labkit import measure
-from labkit.model import ModelConfig, random_model
+from labkit.loader import random_model
+from labkit.model import ModelConfig
 
 TINY = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2)

@@ -19,9 +19,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kv_invariants import check_cache
 
 from labkit.engine import EngineConfig, LLMEngine
-from labkit.model import ModelConfig, random_model
+from labkit.loader import random_model
+from labkit.measure import sequence_logits
+from labkit.model import ModelConfig
 from labkit.sampler import SamplingParams
 from labkit.scheduler import RequestStatus
 
@@ -91,7 +94,7 @@ def check_greedy(model, prompt: list[int], output: list[int]) -> None:
     if not output:
         return
     seq = prompt + output
-    logits = model.logits(seq[:-1])[len(prompt) - 1 :]  # (len(output), vocab): the row that chose each token
+    logits = sequence_logits(model, seq[:-1])[len(prompt) - 1 :]  # (len(output), vocab): the row that chose each token
     chosen = logits.gather(1, torch.tensor(output)[:, None]).squeeze(1)
     gap = logits.max(dim=1).values - chosen
     assert bool((gap <= TOL).all()), (
@@ -168,7 +171,7 @@ def test_random_traffic_keeps_the_cache_consistent(tiny, config, ops):
     kv = engine.kv_cache
     assert kv.num_free_blocks == kv.num_blocks and not kv.block_tables, "blocks leaked"
     assert all(r == 0 for r in kv.allocator.ref_counts)
-    kv.check_invariants()
+    check_cache(kv)
     for rid, r in requests.items():
         assert r.status in (RequestStatus.FINISHED, RequestStatus.CANCELLED), (rid, r.status)
         if r.status == RequestStatus.FINISHED:

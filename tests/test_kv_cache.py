@@ -14,10 +14,17 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from kv_invariants import check_allocator, check_cache
 
 from labkit import kv_cache as kvc
+from labkit.attention import AttentionMetadata
 from labkit.kv_cache import BlockAllocator, PagedKVCache, hash_block_tokens
 
+
+def slots(cache: PagedKVCache, request_id: str, start: int, end: int) -> list[int]:
+    """Slots of positions [start, end) of a request, as the engine's flat batch computes them."""
+    meta = AttentionMetadata.build([end], [end - start], [cache.block_table(request_id)], cache.block_size)
+    return meta.slot_mapping.tolist()
 
 def make_cache(num_blocks=16, block_size=4, **kw):
     return PagedKVCache(num_layers=2, num_kv_heads=2, head_dim=3, num_blocks=num_blocks,
@@ -43,17 +50,17 @@ def state(cache):
 # ---- BlockAllocator ------------------------------------------------------------------------------
 
 
-def test_allocator_allocate_fork_free_hand_worked():
+def test_allocator_allocate_touch_free_hand_worked():
     a = BlockAllocator(4)
     assert [a.allocate() for _ in range(3)] == [0, 1, 2]  # the free queue starts in block order
     assert a.num_free_blocks == 1 and a.ref_counts == [1, 1, 1, 0]
-    a.fork(0)  # a second holder
+    a.touch(0)  # a second holder
     assert a.ref_counts[0] == 2
     a.free(0)
     assert a.ref_counts[0] == 1 and a.num_free_blocks == 1  # still held once: not free
     a.free(1)
     assert a.num_free_blocks == 2 and list(a.free_queue) == [1, 3]  # nothing cached in 1: front
-    a.check_invariants()
+    check_allocator(a)
     assert a.allocate() == 1
     assert a.allocate() == 3
     with pytest.raises(RuntimeError, match="all 4 blocks are in use"):
@@ -78,7 +85,7 @@ def test_allocator_cached_free_blocks_go_to_the_back_and_are_evicted_on_reuse():
     assert a.lookup(hash_block_tokens(*key), key) == b0  # survives until its memory is needed
     assert a.allocate() == b0
     assert a.lookup(hash_block_tokens(*key), key) is None  # evicted
-    a.check_invariants()
+    check_allocator(a)
 
 
 # ---- block tables and slots ----------------------------------------------------------------------
@@ -91,21 +98,21 @@ def test_block_tables_and_slot_mapping_hand_worked():
     admit(cache, "B", b)
     assert cache.block_table("A") == [0, 1, 2]  # ceil(10 / 4) = 3 blocks
     assert cache.block_table("B") == [3, 4]
-    assert cache.slot_mapping("A", 0, 10) == list(range(10))
-    assert cache.slot_mapping("B", 0, 5) == [12, 13, 14, 15, 16]  # block 4 starts at slot 16
+    assert slots(cache, "A", 0, 10) == list(range(10))
+    assert slots(cache, "B", 0, 5) == [12, 13, 14, 15, 16]  # block 4 starts at slot 16
     # A decodes: position 10 and 11 fit its block 2, position 12 needs a new block (5).
     for pos, slot in [(10, 10), (11, 11), (12, 20)]:
         a.append(999)
         assert cache.allocate_slots("A", a, pos, 1)
-        assert cache.slot_mapping("A", pos, pos + 1) == [slot]
+        assert slots(cache, "A", pos, pos + 1) == [slot]
     assert cache.block_table("A") == [0, 1, 2, 5]
-    assert cache.num_free_blocks == 16 - 6 and cache.usage == pytest.approx(6 / 16)
-    cache.check_invariants()
+    assert cache.num_free_blocks == 16 - 6
+    check_cache(cache)
     cache.free("A")
     cache.free("B")
     cache.free("never-added")  # no-op
     assert cache.num_free_blocks == 16 and cache.block_tables == {}
-    cache.check_invariants()
+    check_cache(cache)
 
 
 def test_allocate_slots_is_all_or_nothing():
@@ -123,22 +130,22 @@ def test_allocate_slots_is_all_or_nothing():
     # 2 free blocks, 2 revived hits + 1 new block needed = 3: refuse.
     assert not cache.allocate_slots("D", list(range(9)), 8, 1, blocks)
     assert state(cache) == before
-    cache.check_invariants()
+    check_cache(cache)
 
 
 def test_kv_tensors_layout_and_slots_address_the_same_memory():
     cache = make_cache(num_blocks=8, block_size=4)
-    assert len(cache.k_caches) == len(cache.v_caches) == len(cache.kv_caches) == 2
+    assert len(cache.kv_caches) == 2
     for k, v in cache.kv_caches:
         assert k.shape == v.shape == (8, 4, 2, 3) and k.dtype == torch.float32 and k.device.type == "cpu"
     tokens = list(range(11))
     admit(cache, "A", tokens)
-    slots = torch.tensor(cache.slot_mapping("A", 0, 11))
+    slot_ids = torch.tensor(slots(cache, "A", 0, 11))
     k_new = torch.randn(11, 2, 3)  # (T, H, D)
-    cache.k_caches[1].view(-1, 2, 3)[slots] = k_new  # how attention stores by slot
+    cache.kv_caches[1][0].view(-1, 2, 3)[slot_ids] = k_new  # how attention stores by slot
     table = cache.block_table("A")
     for pos in range(11):  # how attention reads through the block table
-        assert torch.equal(cache.k_caches[1][table[pos // 4], pos % 4], k_new[pos])
+        assert torch.equal(cache.kv_caches[1][0][table[pos // 4], pos % 4], k_new[pos])
 
 
 def test_from_memory_budget_counts_bytes():
@@ -147,7 +154,7 @@ def test_from_memory_budget_counts_bytes():
     assert per_block == 2 * 3 * 16 * 2 * 8 * 2
     cache = PagedKVCache.from_memory_budget(10 * per_block + per_block - 1, num_layers=3, num_kv_heads=2,
                                             head_dim=8, block_size=16, dtype=torch.bfloat16)
-    allocated = sum(t.numel() * t.element_size() for t in cache.k_caches + cache.v_caches)
+    allocated = sum(t.numel() * t.element_size() for t in [t for pair in cache.kv_caches for t in pair])
     assert cache.num_blocks == 10 and allocated == 10 * per_block
     with pytest.raises(ValueError, match=f"memory_bytes=100 holds no block: one block takes {per_block}"):
         PagedKVCache.from_memory_budget(100, 3, 2, 8, block_size=16, dtype=torch.bfloat16)
@@ -180,16 +187,14 @@ def test_prefix_cache_hit_counts():
     assert cache.get_computed_blocks(prompt[:9]) == ([0, 1], 8)
     assert admit(cache, "B", prompt[:8] + [50, 51, 52]) == 8
     assert cache.block_table("B")[:2] == [0, 1] and cache.allocator.ref_counts[:3] == [2, 2, 1]
-    cache.check_invariants()
+    check_cache(cache)
     cache.free("A")
     cache.free("B")
     assert cache.num_free_blocks == 16
     assert cache.get_computed_blocks(prompt) == ([0, 1], 8)  # freed, still cached
     assert admit(cache, "C", prompt) == 8  # revived from the free queue
     assert cache.num_free_blocks == 16 - 3
-    cache.reset_prefix_cache()
-    assert cache.get_computed_blocks(prompt) == ([], 0)
-    cache.check_invariants()
+    check_cache(cache)
 
 
 def test_decode_tokens_fill_blocks_that_are_then_cached():
@@ -220,7 +225,7 @@ def test_lru_eviction_order(touch_p):
     assert hits(p) == hits(q) == 2
     admit(cache, "S", [5, 5, 5, 5, 5])  # 3 blocks: the 2 empty partial blocks, then one eviction
     assert (hits(p), hits(q)) == ((2, 0) if touch_p else (0, 2))
-    cache.check_invariants()
+    check_cache(cache)
 
 
 def test_within_a_request_deeper_blocks_are_evicted_first():
@@ -245,7 +250,7 @@ def test_hash_collisions_never_give_a_false_hit(monkeypatch):
     admit(cache, "B", b)  # its blocks collide with A's: not cached, but B works normally
     cache.free("A")
     assert cache.get_computed_blocks(b) == ([], 0)
-    cache.check_invariants()
+    check_cache(cache)
 
 
 def test_hash_is_stable_across_processes():
@@ -256,44 +261,24 @@ def test_hash_is_stable_across_processes():
     assert hash_block_tokens(None, [1, 2, 3]) != hash_block_tokens(0, [1, 2, 3])
 
 
-def test_fork_shares_full_blocks_and_copies_the_partial_one():
-    cache = make_cache(num_blocks=8, block_size=4, enable_prefix_caching=False)
-    tokens = list(range(6))
-    admit(cache, "P", tokens)
-    for k in cache.k_caches:
-        k.view(-1, 2, 3)[torch.tensor(cache.slot_mapping("P", 0, 6))] = torch.randn(6, 2, 3)
-    assert cache.fork("P", "C")
-    parent, child = cache.block_table("P"), cache.block_table("C")
-    assert child[0] == parent[0] and child[1] != parent[1]
-    for k in cache.k_caches:
-        assert torch.equal(k[child[1]], k[parent[1]])
-    assert cache.allocator.ref_counts[parent[0]] == 2
-    cache.check_invariants()
-    assert cache.allocate_slots("C", tokens + [1], 6, 1)  # the child writes into its own copy
-    cache.free("P")
-    cache.free("C")
-    assert cache.num_free_blocks == 8
-    cache.check_invariants()
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cache_on_cuda_bf16():
     cache = PagedKVCache(2, 2, 64, num_blocks=32, block_size=16, dtype=torch.bfloat16, device="cuda")
-    assert all(k.is_cuda and k.dtype == torch.bfloat16 for k in cache.k_caches + cache.v_caches)
+    assert all(k.is_cuda and k.dtype == torch.bfloat16 for k in [t for pair in cache.kv_caches for t in pair])
     admit(cache, "A", list(range(40)))
-    slots = torch.tensor(cache.slot_mapping("A", 0, 40), device="cuda")
+    slot_ids = torch.tensor(slots(cache, "A", 0, 40), device="cuda")
     k_new = torch.randn(40, 2, 64, device="cuda", dtype=torch.bfloat16)
-    cache.k_caches[0].view(-1, 2, 64).index_copy_(0, slots, k_new)
+    cache.kv_caches[0][0].view(-1, 2, 64).index_copy_(0, slot_ids, k_new)
     table = torch.tensor(cache.block_table("A"), device="cuda")
-    assert torch.equal(cache.k_caches[0][table].flatten(0, 1)[:40], k_new)
+    assert torch.equal(cache.kv_caches[0][0][table].flatten(0, 1)[:40], k_new)
 
 
 # ---- randomized: bookkeeping and contents --------------------------------------------------------
 
 
 class CacheMachine(RuleBasedStateMachine):
-    """Requests start (with prefix hits), grow token by token or chunk by chunk, fork and end.
+    """Requests start (with prefix hits), grow token by token or chunk by chunk, and end.
 
     Every computed token's id is written into layer 0's K tensor at its slot; after each rule every
     live request's context, read through its block table, must equal its token ids.
@@ -307,9 +292,9 @@ class CacheMachine(RuleBasedStateMachine):
         self.next_id = 0
 
     def write(self, rid, start):
-        slots = torch.tensor(self.cache.slot_mapping(rid, start, len(self.tokens[rid])), dtype=torch.long)
+        slot_ids = torch.tensor(slots(self.cache, rid, start, len(self.tokens[rid])), dtype=torch.long)
         values = torch.tensor(self.tokens[rid][start:], dtype=torch.float32)
-        self.cache.k_caches[0].view(-1)[slots] = values
+        self.cache.kv_caches[0][0].view(-1)[slot_ids] = values
 
     @rule(prompt=st.lists(st.integers(0, 2), min_size=1, max_size=12))  # tiny alphabet: many hits
     def start(self, prompt):
@@ -332,15 +317,6 @@ class CacheMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
-    def fork(self, data):
-        parent = data.draw(st.sampled_from(sorted(self.tokens)))
-        child = f"r{self.next_id}"
-        self.next_id += 1
-        if self.cache.fork(parent, child):
-            self.tokens[child] = list(self.tokens[parent])
-
-    @precondition(lambda self: self.tokens)
-    @rule(data=st.data())
     def end(self, data):
         rid = data.draw(st.sampled_from(sorted(self.tokens)))
         self.cache.free(rid)
@@ -348,8 +324,8 @@ class CacheMachine(RuleBasedStateMachine):
 
     @invariant()
     def consistent(self):
-        self.cache.check_invariants()
-        k = self.cache.k_caches[0][..., 0, 0]  # (num_blocks, block_size)
+        check_cache(self.cache)
+        k = self.cache.kv_caches[0][0][..., 0, 0]  # (num_blocks, block_size)
         for rid, tokens in self.tokens.items():
             context = k[self.cache.block_table(rid)].flatten()[:len(tokens)]
             assert context.tolist() == tokens, f"{rid}: cache holds {context.tolist()}, expected {tokens}"
@@ -357,7 +333,7 @@ class CacheMachine(RuleBasedStateMachine):
     def teardown(self):
         for rid in list(self.tokens):
             self.cache.free(rid)
-        self.cache.check_invariants()
+        check_cache(self.cache)
         assert self.cache.num_free_blocks == self.cache.num_blocks  # no block leaked
 
 

@@ -13,7 +13,7 @@ def _make(cwd: Path, *args: str) -> str:
 
 
 def _copy_project(tmp: Path) -> Path:
-    for f in ("Makefile", "pyproject.toml", "environment.yml"):
+    for f in ("Makefile", "lab.mk", "pyproject.toml", "environment.yml"):
         shutil.copy(ROOT / f, tmp / f)
     return tmp
 

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labkit import measure, memory
-from labkit.model import ModelConfig, from_hf_model, random_model
+from labkit.loader import from_hf_model, random_model
+from labkit.measure import sequence_logits
+from labkit.model import ModelConfig
 
 TINY = ModelConfig(
     vocab_size=97,
@@ -155,10 +157,10 @@ def test_training_step_footprint_needs_a_scalar_loss_and_trainable_params():
         measure.training_step_footprint(model, lambda m: measure.causal_lm_loss(m, [[1, 2, 3]]))
 
 
-def test_inference_footprint_counts_no_gradients_and_the_cache_apart():
+def test_inference_step_footprint_counts_no_gradients_and_the_cache_apart():
     model = random_model(TINY)
     cache = measure.SequenceKVCache(model, max_len=20)
-    fp = measure.inference_footprint(
+    fp = measure.inference_step_footprint(
         model, lambda m: cache.forward(list(range(20))), kv_cache=cache.tensors()
     )
     assert fp.gradients == fp.optimizer_states == 0
@@ -199,7 +201,7 @@ def test_decode_attention_matches_dense_causal_attention(kv_heads, group, half_d
 def test_sequence_kv_cache_matches_whole_sequence_logits():
     model = random_model(TINY, seed=1)
     ids = [random.Random(1).randrange(97) for _ in range(37)]
-    whole = model.logits(ids)  # (37, vocab)
+    whole = sequence_logits(model, ids)  # (37, vocab)
     cache = measure.SequenceKVCache(model, max_len=40, block_size=8)
     torch.testing.assert_close(cache.forward(ids[:20]), whole[19], rtol=1e-5, atol=1e-6)
     for i in range(20, 37):

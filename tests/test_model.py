@@ -25,9 +25,12 @@ from transformers import (
 )
 
 from labkit import assets
-from labkit import model as lm
+from labkit import loader as lm
 from labkit.attention import AttentionMetadata
-from labkit.model import ModelConfig, allocate_kv_caches, from_hf_dir, from_hf_model, load_gguf, random_model
+from labkit.kv_cache import allocate_kv_caches
+from labkit.loader import config_from_hf, from_hf_dir, from_hf_model, load_gguf, random_model
+from labkit.measure import sequence_logits
+from labkit.model import ModelConfig
 
 REL_TOL = 1e-4
 
@@ -51,7 +54,9 @@ def paged_run(model, seqs, schedule, block_size=4, seed=0):
     ids = list(range(sum(need) + 2))
     rng.shuffle(ids)
     tables = [ids[sum(need[:i]) : sum(need[: i + 1])] for i in range(len(seqs))]
-    caches = allocate_kv_caches(model.config, len(ids), block_size, model.dtype, model.device)
+    c = model.config
+    caches = allocate_kv_caches(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, len(ids), block_size,
+                                model.dtype, model.device)
     done, out = [0] * len(seqs), [[] for _ in seqs]
     for step in schedule:
         order = list(step)
@@ -131,7 +136,7 @@ def test_gguf_weights_equal_hf_dequantized(smol):
 def test_smollm2_prefill_matches_hf(smol):
     errs = []
     for (_, full), ref in zip(smol["seqs"], smol["refs"]):
-        got = smol["ours"].logits(full)
+        got = sequence_logits(smol["ours"], full)
         errs.append(rel_err(got, ref))
     print(f"SmolLM2 single prefill: max rel err {max(errs):.2e}")
     assert max(errs) < REL_TOL
@@ -169,7 +174,7 @@ def test_smollm2_mixed_flat_batch_matches_hf(smol):
 
 def test_logits_of_several_sequences_in_one_batch(smol):
     seqs = [full for _, full in smol["seqs"]]
-    got = smol["ours"].logits(seqs)
+    got = sequence_logits(smol["ours"], seqs)
     assert [g.shape for g in got] == [(len(s), 49152) for s in seqs]
     err = max(rel_err(g, r) for g, r in zip(got, smol["refs"]))
     print(f"SmolLM2 several sequences, one batch: max rel err {err:.2e}")
@@ -257,7 +262,7 @@ def check_against_hf(hf, seed=0, block_size=3):
     seqs = [[rng.randrange(V) for _ in range(n)] for n in (11, 4, 17)]
     refs = [hf_logits(hf, s) for s in seqs]
     ours = from_hf_model(hf)
-    errs = [rel_err(g, r) for g, r in zip(ours.logits(seqs), refs)]
+    errs = [rel_err(g, r) for g, r in zip(sequence_logits(ours, seqs), refs)]
     schedule = [{0: 6, 1: 4}, {0: 2, 1: 0, 2: 9}, {0: 1, 2: 1}, {0: 1, 2: 7}, {0: 1}]
     schedule = [{i: n for i, n in step.items() if n} for step in schedule]
     errs += [rel_err(g, r) for g, r in zip(paged_run(ours, seqs, schedule, block_size, seed), refs)]
@@ -300,7 +305,7 @@ def test_random_llama_matches_hf(head_dim, group, tied):
 )
 def test_rope_scaling_matches_hf(rope):
     hf = tiny(LlamaForCausalLM, LlamaConfig, seed=7, rope_parameters=dict(rope))
-    assert ModelConfig.from_hf(hf.config).rope_scaling["rope_type"] == rope["rope_type"]
+    assert config_from_hf(hf.config).rope_scaling["rope_type"] == rope["rope_type"]
     err = check_against_hf(hf, seed=7)
     print(f"rope {rope['rope_type']}: rel err {err:.2e}")
     assert err < REL_TOL
@@ -308,7 +313,7 @@ def test_rope_scaling_matches_hf(rope):
 
 def test_qwen2_attention_bias_matches_hf():
     hf = tiny(Qwen2ForCausalLM, Qwen2Config, seed=11, tie_word_embeddings=False)
-    assert ModelConfig.from_hf(hf.config).attention_bias
+    assert config_from_hf(hf.config).attention_bias
     err = check_against_hf(hf, seed=11)
     print(f"qwen2: rel err {err:.2e}")
     assert err < REL_TOL
@@ -316,7 +321,7 @@ def test_qwen2_attention_bias_matches_hf():
 
 def test_qwen3_qk_norm_and_wide_heads_match_hf():
     hf = tiny(Qwen3ForCausalLM, Qwen3Config, seed=13, head_dim=32, tie_word_embeddings=True)  # 4 x 32 != 64
-    c = ModelConfig.from_hf(hf.config)
+    c = config_from_hf(hf.config)
     assert c.qk_norm and c.head_dim * c.num_attention_heads != c.hidden_size
     err = check_against_hf(hf, seed=13)
     print(f"qwen3: rel err {err:.2e}")
@@ -328,14 +333,14 @@ def test_from_hf_dir_matches_hf(tmp_path):
     hf.save_pretrained(tmp_path)
     ours = from_hf_dir(tmp_path)
     ids = list(range(0, 97, 7))
-    assert rel_err(ours.logits(ids), hf_logits(hf, ids)) < REL_TOL
+    assert rel_err(sequence_logits(ours, ids), hf_logits(hf, ids)) < REL_TOL
 
 
 def test_bfloat16_model_stays_close_to_float32():
     config = SMALL
     ids = list(range(3, 40))
-    ref = random_model(config, seed=2).logits(ids)
-    low = random_model(config, seed=2, dtype=torch.bfloat16).logits(ids)
+    ref = sequence_logits(random_model(config, seed=2), ids)
+    low = sequence_logits(random_model(config, seed=2, dtype=torch.bfloat16), ids)
     assert low.dtype == torch.float32 and rel_err(low, ref) < 5e-2
 
 
@@ -379,25 +384,25 @@ def test_config_rejects_bad_values(kwargs, match):
 
 def test_from_hf_refuses_unsupported_features():
     with pytest.raises(ValueError, match="mlp_bias"):
-        ModelConfig.from_hf(LlamaConfig(mlp_bias=True))
+        config_from_hf(LlamaConfig(mlp_bias=True))
     with pytest.raises(ValueError, match="gpt2"):
         from transformers import GPT2Config
 
-        ModelConfig.from_hf(GPT2Config())
+        config_from_hf(GPT2Config())
 
 
 def test_logits_rejects_bad_ids():
     m = random_model(dataclasses.replace(SMALL, num_hidden_layers=1), 0)
     with pytest.raises(ValueError, match="token id 50"):
-        m.logits([1, 50])
+        sequence_logits(m, [1, 50])
     with pytest.raises(ValueError, match="empty"):
-        m.logits([[1, 2], []])
+        sequence_logits(m, [[1, 2], []])
 
 
 def test_load_state_dict_names_missing_weights():
     hf = tiny(LlamaForCausalLM, LlamaConfig, seed=1, tie_word_embeddings=False)
     sd = hf.state_dict()
     del sd["model.layers.1.mlp.up_proj.weight"]
-    ours = random_model(ModelConfig.from_hf(hf.config), 0)
+    ours = random_model(config_from_hf(hf.config), 0)
     with pytest.raises(ValueError, match="up_proj"):
         lm.load_state_dict(ours, sd)

@@ -6,9 +6,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import nbformat
 import pytest
-from notebook_tools import graded_cells, solution_notebooks
+
+# GPU machines may have only the runtime dependencies: skip (with this reason), do not fail collection
+pytest.importorskip("nbformat", reason="needs the dev extras: pip install -e '.[dev]'")
+import nbformat  # noqa: E402
+from notebook_tools import graded_cells, solution_notebooks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,14 +9,16 @@ generation loop (`reference_output`) that has no scheduler at all.
 """
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from kv_invariants import check_cache
 
+from labkit.attention import AttentionMetadata
 from labkit.kv_cache import PagedKVCache
 from labkit.scheduler import (
     FinishReason,
@@ -32,7 +34,13 @@ from labkit.scheduler import (
 class Params:  # duck-types labkit.sampler.SamplingParams
     max_tokens: int | None = 8
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+
+
+def slots(s, block_size: int) -> list[int]:
+    """The slots of a ScheduledRequest's new tokens, as the engine's flat batch computes them."""
+    meta = AttentionMetadata.build([s.seq_len], [s.num_new_tokens], [s.block_table], block_size)
+    return meta.slot_mapping.tolist()
 
 
 def next_token(context: list[int], vocab: int) -> int:
@@ -65,17 +73,17 @@ class FakeRunner:
     def step(self) -> tuple[SchedulerOutput, list[Request]]:
         out = self.scheduler.schedule()
         config = self.scheduler.config
-        assert out.total_num_scheduled_tokens <= config.max_num_batched_tokens
+        assert sum(s.num_new_tokens for s in out.scheduled) <= config.max_num_batched_tokens
         assert len(out.scheduled) <= config.max_num_seqs
         assert len({s.request_id for s in out.scheduled}) == len(out.scheduled)
-        k, v = self.kv.k_caches[0][..., 0, 0], self.kv.v_caches[0][..., 0, 0]  # (num_blocks, block_size)
+        k, v = (t[..., 0, 0] for t in self.kv.kv_caches[0])  # (num_blocks, block_size)
         for s in out.scheduled:  # 1. store the whole batch's new tokens (token id in K, position in V)
             c, n = s.num_computed_tokens, s.num_new_tokens
-            assert n >= 1 and len(s.slot_mapping) == n and s.token_ids == s.request.all_token_ids[c:c + n]
+            assert n >= 1 and s.token_ids == s.request.all_token_ids[c:c + n]
             assert s.sample == (c + n == s.request.num_tokens)
-            slots = torch.tensor(s.slot_mapping)
-            k.view(-1)[slots] = torch.tensor(s.token_ids, dtype=k.dtype)
-            v.view(-1)[slots] = torch.arange(c, c + n, dtype=v.dtype)
+            slot_ids = torch.tensor(slots(s, self.kv.block_size))
+            k.view(-1)[slot_ids] = torch.tensor(s.token_ids, dtype=k.dtype)
+            v.view(-1)[slot_ids] = torch.arange(c, c + n, dtype=v.dtype)
         sampled = {}
         for s in out.scheduled:  # 2. read each context through the block table, "run the model"
             table = torch.tensor(s.block_table)
@@ -92,7 +100,7 @@ class FakeRunner:
             assert self.steps < max_steps, "the scheduler made no progress"
             self.step()
             if check:
-                self.kv.check_invariants()
+                check_cache(self.kv)
 
 
 def make(num_blocks=64, block_size=4, prefix=True, **config) -> tuple[Scheduler, FakeRunner]:
@@ -121,10 +129,10 @@ def test_block_tables_and_slots_in_the_output():
     add(scheduler, "B", range(100, 105))
     out, _ = runner.step()
     a, b = out.scheduled
-    assert (a.block_table, a.slot_mapping) == ([0, 1, 2], list(range(10)))
-    assert (b.block_table, b.slot_mapping) == ([3, 4], [12, 13, 14, 15, 16])
+    assert (a.block_table, slots(a, 4)) == ([0, 1, 2], list(range(10)))
+    assert (b.block_table, slots(b, 4)) == ([3, 4], [12, 13, 14, 15, 16])
     out, _ = runner.step()  # decodes: A's position 10 (block 2), B's position 5 (block 4)
-    assert [(s.slot_mapping, s.seq_len, s.is_decode) for s in out.scheduled] == [([10], 11, True),
+    assert [(slots(s, 4), s.seq_len, s.is_decode) for s in out.scheduled] == [([10], 11, True),
                                                                                   ([17], 6, True)]
 
 
@@ -246,7 +254,7 @@ def test_finish_request_for_a_stop_string_and_finished_ids_in_the_next_output():
     assert (request.status, request.finish_reason) == (RequestStatus.FINISHED, FinishReason.STOP)
     assert scheduler.kv_cache.num_free_blocks == scheduler.kv_cache.num_blocks
     out, _ = runner.step()
-    assert out.is_empty and out.finished_request_ids == {"A"}
+    assert not out.scheduled and out.finished_request_ids == {"A"}
     assert runner.step()[0].finished_request_ids == set()
 
 
@@ -308,7 +316,7 @@ def run_stream(policy: str, steps: int, seed: int = 0) -> tuple[Scheduler, Reque
             long = add(scheduler, "long", [rng.randrange(1000) for _ in range(40)], max_tokens=2)
         if long in runner.step()[1]:
             finished_at = step
-        scheduler.kv_cache.check_invariants()
+        check_cache(scheduler.kv_cache)
     return scheduler, long, finished_at
 
 
@@ -385,7 +393,7 @@ def test_load_200_requests_through_a_cache_that_holds_about_10():
         for _ in range(min(10, len(pending))):  # 10 arrive per step until all 200 are in
             scheduler.add_request(pending.pop(0))
         runner.step()
-        scheduler.kv_cache.check_invariants()
+        check_cache(scheduler.kv_cache)
     assert all(r.status == RequestStatus.FINISHED for r in requests)
     assert scheduler.num_preemptions > 0 and sum(r.num_cached_tokens > 0 for r in requests) > 0
     for r in requests:
@@ -420,7 +428,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                           eos_token_id=3)
         n = len(prompt) + max_tokens
         fits = (prompt and max_tokens >= 1 and n <= self.MAX_MODEL_LEN
-                and self.kv.num_blocks_needed(n - 1) <= self.kv.num_blocks)
+                and -(-(n - 1) // self.kv.block_size) <= self.kv.num_blocks)
         if not fits:
             with pytest.raises(ValueError):
                 self.scheduler.add_request(request)
@@ -440,7 +448,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @invariant()
     def consistent(self):
-        self.kv.check_invariants()
+        check_cache(self.kv)
         s = self.scheduler
         assert len(s.running) <= s.config.max_num_seqs
         assert all(r.status == RequestStatus.RUNNING for r in s.running)

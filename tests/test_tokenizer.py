@@ -46,7 +46,7 @@ def small(corpus) -> Tokenizer:
 
 
 # ------------------------------------------------------------------------------------------------
-# Primitives, hand-worked (ERRATA item 4)
+# Primitives, hand-worked
 # ------------------------------------------------------------------------------------------------
 
 
@@ -183,7 +183,8 @@ def test_train_rejects_bad_input(args, error, match):
 
 
 def test_capital_of_france(gpt2):
-    """ERRATA item 1: the lab's ids [464, 2506, 286, 3260, 318] are wrong; no leading space is added."""
+    """GPT-2 ids of "The capital of France is", no leading space added (the often quoted
+    [464, 2506, 286, 3260, 318] are not them)."""
     text = "The capital of France is"
     ids = gpt2.encode(text)
     assert ids == [464, 3139, 286, 4881, 318]

@@ -1,6 +1,6 @@
 """labkit.tokenizer_zoo: the offline HF / tiktoken tokenizers, the sample texts, and the counters.
 
-Also pins ERRATA items 6 and 7: BERT-uncased and GPT-2 both give 5 tokens for "The capital of
+Also pins two facts often misstated: BERT-uncased and GPT-2 both give 5 tokens for "The capital of
 France is" (7 for BERT with [CLS]/[SEP]); GPT-2 has no padding token, so padding raises unless one
 is set.
 """
@@ -50,7 +50,7 @@ def test_hf_gpt2_is_the_real_vocabulary(gpt2):
 
 
 def test_gpt2_padding_needs_a_pad_token():
-    """ERRATA item 7: GPT-2's tokenizer has no pad token, so padding=... raises unless one is set."""
+    """GPT-2's tokenizer has no pad token, so padding=... raises unless one is set."""
     with pytest.raises(ValueError, match="padding"):
         hf_gpt2_tokenizer()(["a b", "c"], padding=True)
     padded = hf_gpt2_tokenizer(pad_with_eos=True)(["a b", "c"], padding=True)
@@ -70,7 +70,7 @@ def test_hf_bert_matches_the_shipped_tokenizer_json(bert):
 
 
 def test_capital_of_france_bert_vs_gpt2(bert, gpt2):
-    """ERRATA item 6: the lab says BERT produces more tokens; for this sentence both give 5."""
+    """It is often said that BERT produces more tokens; for this sentence both give 5."""
     assert len(gpt2.encode(CAPITAL)) == 5
     assert bert.tokenize(CAPITAL) == ["the", "capital", "of", "france", "is"]
     assert len(bert.encode(CAPITAL)) == 7  # with [CLS] and [SEP]

@@ -20,7 +20,10 @@ Decode (`q_len == 1`), prefill (`q_len == L`), chunked prefill and prefill over 
 Grouped-query attention: query head h reads kv head `h // (num_heads // num_kv_heads)`.
 
 Backends live in this package, one module each, and are chosen in ONE place, `BACKENDS` below:
-  "torch"  -> labkit/attention/torch_ref.py (any device, torch only; the reference)
+  "torch"  -> labkit/attention/torch_ref.py (any device, torch only; the reference students read)
+  "triton" -> labkit/attention/triton.py (CUDA kernels that read the cache in place, no gather)
+"auto" (the default) picks "triton" for CUDA tensors when triton is installed, else "torch"; the
+environment variable LABKIT_ATTENTION_BACKEND=torch|triton forces one everywhere.
 A backend module provides `store_kvcache(k, v, k_cache, v_cache, slot_mapping)` and
 `paged_attention(q, k, v, k_cache, v_cache, meta, scale)` (store, then attend; it may use the fresh
 k, v for sequences with no cached prefix). Adding a backend (e.g. "triton" in triton.py) is one line
@@ -33,7 +36,10 @@ zero query rows (every sequence in a batch has at least one query token).
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import os
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -42,9 +48,9 @@ import torch
 # backend name -> module that implements it. The single place a backend is registered.
 BACKENDS: dict[str, str] = {
     "torch": "labkit.attention.torch_ref",
-    # "triton": "labkit.attention.triton",   # CUDA kernels (a later issue)
+    "triton": "labkit.attention.triton",  # CUDA kernels that read the paged cache in place
 }
-DEFAULT_BACKEND = "torch"
+DEFAULT_BACKEND = "auto"  # "triton" on CUDA when installed, else "torch" (see resolve_backend)
 
 
 @dataclass
@@ -91,8 +97,12 @@ class AttentionMetadata:
 
     def positions(self) -> torch.Tensor:
         """(num_tokens,) int64: the position of every query row (seq i's rows are L - q_len .. L - 1)."""
-        pos = [p for q, L in zip(self.query_lens_list, self.seq_lens_list) for p in range(L - q, L)]
-        return torch.tensor(pos, dtype=torch.int64, device=self.slot_mapping.device)
+        dev = self.slot_mapping.device
+        q_lens = torch.tensor(self.query_lens_list, dtype=torch.int64, device=dev)  # (S,)
+        seq_idx = torch.repeat_interleave(torch.arange(self.num_seqs, device=dev), q_lens)  # (T,) owner
+        first = torch.tensor(self.query_start_loc_list[:-1], dtype=torch.int64, device=dev)  # (S,)
+        start = torch.tensor(self.seq_lens_list, dtype=torch.int64, device=dev) - q_lens  # (S,) 1st pos
+        return torch.arange(self.num_tokens, device=dev) + (start - first)[seq_idx]  # (T,)
 
     @classmethod
     def build(
@@ -102,63 +112,68 @@ class AttentionMetadata:
         block_tables: list[list[int]],
         block_size: int,
         device: torch.device | str = "cpu",
-        slot_mapping: list[int] | None = None,
     ) -> AttentionMetadata:
-        """Metadata from python lists: seq i has seq_lens[i] tokens after this step, the last
-        query_lens[i] of which are new. The slot mapping is derived from the block tables unless
-        given (pass it to mark padding rows with -1)."""
-        if not (len(seq_lens) == len(query_lens) == len(block_tables)):
-            raise ValueError(
-                f"seq_lens, query_lens and block_tables must have one entry per sequence; got "
-                f"lengths {len(seq_lens)}, {len(query_lens)}, {len(block_tables)}. "
-                f"Fix: pass one of each per sequence."
-            )
-        for i, (L, q, bt) in enumerate(zip(seq_lens, query_lens, block_tables)):
-            if not 1 <= q <= L:
-                raise ValueError(
-                    f"sequence {i}: query_len {q} must satisfy 1 <= query_len <= seq_len ({L}). "
-                    f"Fix: seq_len counts cached + new tokens, so it is at least the number of new tokens."
-                )
-            if L > len(bt) * block_size:
-                raise ValueError(
-                    f"sequence {i}: seq_len {L} needs {-(-L // block_size)} blocks of {block_size} tokens, "
-                    f"but its block table has {len(bt)}. Fix: allocate blocks before running the step."
-                )
-        if slot_mapping is None:
-            slot_mapping = [
-                bt[p // block_size] * block_size + p % block_size
-                for L, q, bt in zip(seq_lens, query_lens, block_tables)
-                for p in range(L - q, L)
-            ]
+        """THE flat batch's metadata, from python lists: seq i has seq_lens[i] tokens after this step,
+        the last query_lens[i] of which are new, and block_tables[i] covers them. The slot of the
+        token at position p is block_table[p // block_size] * block_size + p % block_size; this is the
+        one place it is computed, vectorised (no python loop over tokens)."""
+        _check_batch(seq_lens, query_lens, block_tables, block_size)
         qsl = [0]
         for q in query_lens:
             qsl.append(qsl[-1] + q)
-        if len(slot_mapping) != qsl[-1]:
-            raise ValueError(
-                f"slot_mapping has {len(slot_mapping)} entries but the batch has {qsl[-1]} query tokens. "
-                f"Fix: give one slot (or -1) per query token."
-            )
         width = max([len(bt) for bt in block_tables] + [1])
         padded = [list(bt) + [-1] * (width - len(bt)) for bt in block_tables]
-        return cls(
-            slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64, device=device),
+        tables = torch.tensor(padded, dtype=torch.int32, device=device).reshape(len(padded), width)  # (S, M)
+        meta = cls(
+            slot_mapping=torch.empty(0, dtype=torch.int64, device=device),
             query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=device),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-            block_tables=torch.tensor(padded, dtype=torch.int32, device=device).reshape(len(padded), width),
+            block_tables=tables,
             max_query_len=max(query_lens, default=0),
             max_seq_len=max(seq_lens, default=0),
             query_start_loc_list=qsl,
             seq_lens_list=list(seq_lens),
         )
+        positions = meta.positions()  # (T,)
+        seq_idx = torch.repeat_interleave(
+            torch.arange(len(seq_lens), device=device), torch.tensor(query_lens, device=device)
+        )  # (T,) the sequence of each row
+        blocks = tables[seq_idx, positions // block_size].to(torch.int64)  # (T,) physical block
+        meta.slot_mapping = blocks * block_size + positions % block_size  # (T,)
+        return meta
 
 
-def get_backend(name: str | None = None) -> ModuleType:
-    """The module implementing backend `name` (default DEFAULT_BACKEND)."""
-    name = name or DEFAULT_BACKEND
+def _check_batch(seq_lens: list[int], query_lens: list[int], block_tables: list[list[int]], block_size: int):
+    """ValueError naming the first sequence whose lengths or block table do not describe a valid step."""
+    if not (len(seq_lens) == len(query_lens) == len(block_tables)):
+        raise ValueError(f"seq_lens, query_lens and block_tables must have one entry per sequence; got "
+                         f"lengths {len(seq_lens)}, {len(query_lens)}, {len(block_tables)}. "
+                         f"Fix: pass one of each per sequence.")
+    for i, (L, q, bt) in enumerate(zip(seq_lens, query_lens, block_tables)):
+        if not 1 <= q <= L:
+            raise ValueError(f"sequence {i}: query_len {q} must satisfy 1 <= query_len <= seq_len ({L}). "
+                             f"Fix: seq_len counts cached + new tokens, so it is at least the number of new tokens.")
+        if L > len(bt) * block_size:
+            raise ValueError(f"sequence {i}: seq_len {L} needs {-(-L // block_size)} blocks of {block_size} tokens, "
+                             f"but its block table has {len(bt)}. Fix: allocate blocks before running the step.")
+
+
+def resolve_backend(name: str | None, device: torch.device) -> str:
+    """The backend that `name` means for tensors on `device` ("auto"/None: see the module docstring)."""
+    if (name or DEFAULT_BACKEND) != "auto":
+        return name
+    cuda = device.type == "cuda" and _has_triton()
+    return os.environ.get("LABKIT_ATTENTION_BACKEND") or ("triton" if cuda else "torch")
+
+
+_has_triton = functools.cache(lambda: importlib.util.find_spec("triton") is not None)
+
+
+def get_backend(name: str | None = None, device: torch.device | None = None) -> ModuleType:
+    """The module implementing backend `name` (default DEFAULT_BACKEND) for tensors on `device`."""
+    name = resolve_backend(name, device if device is not None else torch.device("cpu"))
     if name not in BACKENDS:
-        raise ValueError(
-            f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}. Fix: pick one of those."
-        )
+        raise ValueError(f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}. Fix: pick one of those.")
     return importlib.import_module(BACKENDS[name])
 
 
@@ -171,33 +186,19 @@ def store_kvcache(
     backend: str | None = None,
 ) -> None:
     """Write k, v (num_tokens, num_kv_heads, head_dim) into the caches at slot_mapping (-1 = skip)."""
-    get_backend(backend).store_kvcache(k, v, k_cache, v_cache, slot_mapping)
+    get_backend(backend, k.device).store_kvcache(k, v, k_cache, v_cache, slot_mapping)
 
 
-def paged_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    scale: float,
-    backend: str | None = None,
-) -> torch.Tensor:
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float, backend: str | None = None) -> torch.Tensor:
     """Store the new k, v in the paged cache, then attend. q (T, H, D); k, v (T, Hkv, D) -> (T, H, D)."""
     T, H, D = q.shape
     assert k.shape == v.shape and k.shape[0] == T and k.shape[2] == D, (q.shape, k.shape, v.shape)
     assert H % k.shape[1] == 0, f"num_heads {H} is not a multiple of num_kv_heads {k.shape[1]}"
     assert k_cache.shape == v_cache.shape and k_cache.shape[2:] == k.shape[1:], (k_cache.shape, k.shape)
     assert meta.num_tokens == T, f"metadata describes {meta.num_tokens} tokens, the batch has {T}"
-    return get_backend(backend).paged_attention(q, k, v, k_cache, v_cache, meta, scale)
+    return get_backend(backend, q.device).paged_attention(q, k, v, k_cache, v_cache, meta, scale)
 
 
-__all__ = [
-    "AttentionMetadata",
-    "BACKENDS",
-    "DEFAULT_BACKEND",
-    "get_backend",
-    "paged_attention",
-    "store_kvcache",
-]
+__all__ = ["AttentionMetadata", "BACKENDS", "DEFAULT_BACKEND", "get_backend", "paged_attention", "resolve_backend",
+           "store_kvcache"]

@@ -35,10 +35,15 @@ def store_kvcache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """k, v (T, Hkv, D) -> caches (num_blocks, block_size, Hkv, D) at slot_mapping (T,); -1 rows skipped."""
+    _store(k, v, k_cache, v_cache, *_stored_rows(slot_mapping))
+
+
+def _stored_rows(slot_mapping: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(slots of the rows to store, those rows or None for all): rows with slot -1 are padding."""
     slots = slot_mapping.to(torch.int64)
     keep = slots >= 0
     rows = None if bool(keep.all()) else keep.nonzero().squeeze(1)
-    _store(k, v, k_cache, v_cache, slots if rows is None else slots[rows], rows)
+    return (slots if rows is None else slots[rows]), rows
 
 
 def _store(k, v, k_cache, v_cache, slots, rows):
@@ -69,9 +74,7 @@ def _plan(meta: AttentionMetadata, block_size: int, fresh_ok: bool) -> _Plan:
         return meta.backend_cache[key]
     dev = meta.slot_mapping.device
     qsl, lens = meta.query_start_loc_list, meta.seq_lens_list
-    slots = meta.slot_mapping.to(torch.int64)
-    keep = slots >= 0
-    rows = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+    store_slots, store_rows = _stored_rows(meta.slot_mapping)
     decode = [i for i in range(meta.num_seqs) if qsl[i + 1] - qsl[i] == 1]
     d_rows = d_blocks = d_mask = None
     if decode:
@@ -96,7 +99,7 @@ def _plan(meta: AttentionMetadata, block_size: int, fresh_ok: bool) -> _Plan:
         positions = torch.arange(seq_len - q_len, seq_len, device=dev)  # of each query row
         mask = torch.arange(seq_len, device=dev)[None, :] <= positions[:, None]  # (q_len, L)
         others.append((start, end, blocks, mask))
-    plan = _Plan(slots if rows is None else slots[rows], rows, d_rows, d_blocks, d_mask, others)
+    plan = _Plan(store_slots, store_rows, d_rows, d_blocks, d_mask, others)
     meta.backend_cache[key] = plan
     return plan
 
@@ -149,15 +152,8 @@ def attention(
     return out
 
 
-def paged_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    scale: float,
-) -> torch.Tensor:
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """Store this step's k, v at meta.slot_mapping, then attend: q (T, H, D) -> (T, H, D)."""
     plan = _plan(meta, k_cache.shape[1], fresh_ok=True)
     _store(k, v, k_cache, v_cache, plan.store_slots, plan.store_rows)

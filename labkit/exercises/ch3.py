@@ -20,7 +20,8 @@ from labkit import fragmentation, measure, memory
 from labkit import grading as g
 from labkit.attention import paged_attention
 from labkit.exercises.common import int_result, random_shape, substituted
-from labkit.model import ModelConfig, random_model
+from labkit.loader import random_model
+from labkit.model import ModelConfig
 
 # A tiny random Llama-family model: the checks of the decode loops run on it in milliseconds.
 TINY = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -1,0 +1,94 @@
+"""Fused elementwise kernels (Triton, CUDA only) for the model's RMSNorm and RoPE.
+
+In torch, RMSNorm is 8 kernels (cast, square, mean, add, rsqrt, multiply, cast, scale) and RoPE 7 per
+tensor. A decode step of a 28-layer model runs them about 1,100 times on rows of a few KB, where each
+kernel costs its launch latency (a couple of microseconds even inside a CUDA graph), not its bytes.
+Here each is one kernel, computing the same function with the same roundings as labkit/model.py's
+torch code (statistics in float32, the result rounded to the input dtype where torch rounds it).
+labkit/model.py calls them for CUDA tensors when triton is installed; LABKIT_FUSED=0 turns them off.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+
+@functools.cache
+def _available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Use the fused kernels for x? (CUDA tensor, triton installed, LABKIT_FUSED not 0)."""
+    return x.is_cuda and os.environ.get("LABKIT_FUSED", "1") != "0" and _available()
+
+
+def rope_supported(x: torch.Tensor) -> bool:
+    """The fused RoPE handles (T, heads, D) with D / 2 a power of two (64, 128, 256: every model here)."""
+    half = x.shape[-1] // 2
+    return x.dim() == 3 and x.shape[-1] % 2 == 0 and half & (half - 1) == 0
+
+
+@functools.cache
+def _kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / n_cols + eps)
+        y = (x * rstd).to(out_ptr.dtype.element_ty).to(tl.float32)  # torch: x32 * rstd, then .to(dtype)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * n_cols + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def rope_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, heads, HALF: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)  # one (token, head) row of head_dim = 2 * HALF
+        t = row // heads
+        i = tl.arange(0, HALF)
+        dt = out_ptr.dtype.element_ty
+        x1 = tl.load(x_ptr + row * 2 * HALF + i)
+        x2 = tl.load(x_ptr + row * 2 * HALF + HALF + i)
+        c1 = tl.load(cos_ptr + t * 2 * HALF + i).to(dt)
+        c2 = tl.load(cos_ptr + t * 2 * HALF + HALF + i).to(dt)
+        s1 = tl.load(sin_ptr + t * 2 * HALF + i).to(dt)
+        s2 = tl.load(sin_ptr + t * 2 * HALF + HALF + i).to(dt)
+        # torch: x * cos + cat(-x2, x1) * sin, each product and the sum rounded to the dtype
+        o1 = (x1 * c1).to(dt) + (-x2 * s1).to(dt)
+        o2 = (x2 * c2).to(dt) + (x1 * s2).to(dt)
+        tl.store(out_ptr + row * 2 * HALF + i, o1.to(dt))
+        tl.store(out_ptr + row * 2 * HALF + HALF + i, o2.to(dt))
+
+    return triton, rms_norm_kernel, rope_kernel
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (..., dim) -> weight * (x / rms(x)) in x's dtype, like labkit.model.RMSNorm."""
+    triton, kernel, _ = _kernels()
+    x2 = x.reshape(-1, x.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    if x2.shape[0]:
+        kernel[(x2.shape[0],)](x2, weight, out, x2.shape[1], eps, BLOCK=triton.next_power_of_2(x2.shape[1]))
+    return out.view(*x.shape[:-1], x.shape[-1])
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (T, heads, D), cos/sin (T, D) float32 -> x rotated, like labkit.model.apply_rope."""
+    _, _, kernel = _kernels()
+    T, heads, D = x.shape
+    assert rope_supported(x), f"head_dim {D}: the fused RoPE needs head_dim / 2 a power of two"
+    x = x if x.is_contiguous() else x.contiguous()
+    out = torch.empty_like(x)
+    if T:
+        kernel[(T * heads,)](x, cos.contiguous(), sin.contiguous(), out, heads, HALF=D // 2)
+    return out
