@@ -39,7 +39,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -47,6 +47,7 @@ import numpy as np
 __all__ = [
     "CHAT_OUTPUT_LEN", "CHAT_PROMPT_LEN", "POLICIES", "LengthDist", "SimConfig", "SimRequest",
     "SimResult", "SimSummary", "Snapshot", "WorkloadConfig", "blocks_needed", "compare_policies",
+    "contiguous_snapshot",
     "make_workload", "simulate", "slots_wasted", "summary_rows", "waste_vs_block_size",
 ]
 
@@ -590,3 +591,27 @@ def waste_vs_block_size(workload: list[SimRequest], capacity_tokens: int, block_
 def summary_rows(summaries: Iterable[SimSummary]) -> list[dict]:
     """Summaries as plain dicts (for a table in a notebook), with waste_fraction added."""
     return [{**asdict(s), "waste_fraction": s.waste_fraction} for s in summaries]
+
+
+def contiguous_snapshot(
+    prompt_lens: Sequence[int], output_lens: Sequence[int], policy: str, max_model_len: int
+) -> dict[str, int]:
+    """Slots of a contiguous KV allocator right after it has admitted every request (all prefilled).
+
+    Runs the simulator with every request arriving at step 0 and room for all, and returns
+    {"live": tokens whose K/V is stored, "reserved": slots the requests' future tokens will fill,
+    "internal": slots they will never fill}. policy: reserve_max, reserve_pow2, reserve_exact.
+    """
+    if policy not in ("reserve_max", "reserve_pow2", "reserve_exact"):
+        raise ValueError(
+            f"policy must be a contiguous one (reserve_max, reserve_pow2, reserve_exact), got {policy!r}"
+        )
+    if len(prompt_lens) != len(output_lens) or not prompt_lens:
+        raise ValueError("give one prompt length and one output length per request (at least one request)")
+    reqs = [SimRequest(i, 0, int(p), int(o)) for i, (p, o) in enumerate(zip(prompt_lens, output_lens))]
+    config = SimConfig(policy, capacity_tokens=max_model_len * len(reqs), max_model_len=max_model_len)
+    timeline = simulate(reqs, config, record="event").timeline
+    admitted = [s for s in timeline if s.event == "admit" and s.num_running == len(reqs)]
+    assert admitted, "the simulator did not admit every request at once"
+    snap = admitted[0]
+    return {"live": snap.live, "reserved": snap.reserved, "internal": snap.internal}

@@ -964,6 +964,13 @@ def _not_written(err: BaseException | None) -> bool:
     return isinstance(err, NotImplementedError)
 
 
+def _not_written_text(err: BaseException) -> str:
+    """"`merge` raised NotImplementedError: ...": names the function that is still a stub."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if os.path.normcase(os.path.abspath(f.filename)) != _THIS_FILE]
+    return (f"`{frames[-1].name}` raised " if frames else "") + _exc_text(err)
+
+
 # --------------------------------------------------------------------------------------------------
 # check_function
 # --------------------------------------------------------------------------------------------------
@@ -1060,7 +1067,7 @@ def _judge_call(report, where, shown, ref, stu, compare, budget, ref_time, quiet
             quiet.printed(),
         )
     if _not_written(stu.error):
-        return report.fail(f"not written yet ({_exc_text(stu.error)}).", replay=False)
+        return report.fail(f"not written yet: {_not_written_text(stu.error)}.", replay=False)
     if stu.error is not None:
         if ref.error is not None and isinstance(stu.error, type(ref.error)):
             return None
@@ -1323,7 +1330,7 @@ def _judge_step(
             "is there a loop that never ends?"
         )
     if _not_written(stu.error):
-        return fail(f"not written yet ({_exc_text(stu.error)})")
+        return fail(f"not written yet: {_not_written_text(stu.error)}")
     if stu.error is not None:
         if ref.error is not None and isinstance(stu.error, type(ref.error)):
             return None

@@ -127,6 +127,17 @@ def saved_for_backward():
         yield saved
 
 
+
+def saved_activation_bytes(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while `loss_fn(model)` runs, the
+    model's own parameters left out (a matmul saves its weight, which is held anyway). 0 under
+    torch.no_grad(): nothing is recorded for a backward pass that cannot happen."""
+    with saved_for_backward() as saved:
+        loss_fn(model)
+    params = _storage_keys(model.parameters())
+    return storage_bytes(t for t in saved if t.untyped_storage().data_ptr() not in params)
+
+
 # ------------------------------------------------------------------------------------------ footprint
 @dataclass
 class MeasuredFootprint:

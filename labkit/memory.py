@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -32,9 +32,9 @@ __all__ = [
     "attention_dot_products", "corrected_table_13b", "decode_step_bound", "dtype_bytes",
     "embedding_bytes", "embedding_fraction", "format_bytes", "format_table", "forward_flops",
     "get_gpu", "get_preset", "gpus_needed", "inference_activation_bytes", "inference_footprint",
-    "kv_cache_budget", "kv_cache_bytes", "kv_cache_bytes_per_token", "lab_table_13b", "max_num_seqs",
-    "prefill_bound", "token_forwards", "training_activation_bytes", "training_footprint",
-    "weight_bytes",
+    "gpu_headroom", "kv_bytes_for_batch", "kv_cache_budget", "kv_cache_bytes", "kv_cache_bytes_per_token",
+    "lab_table_13b", "max_num_seqs", "max_sequences", "prefill_bound", "token_forwards",
+    "training_activation_bytes", "training_footprint", "weight_bytes",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -345,6 +345,38 @@ def kv_cache_bytes(shape: ModelShape | str, seq_len: int, batch_size: int = 1, k
     return per_token * _check_int("seq_len", seq_len) * _check_int("batch_size", batch_size)
 
 
+def kv_bytes_for_batch(bytes_per_token: int, seq_lens: Sequence[int]) -> int:
+    """KV bytes of a batch whose sequences hold `seq_lens` tokens each (lengths may differ)."""
+    if isinstance(bytes_per_token, bool) or not isinstance(bytes_per_token, int) or bytes_per_token < 0:
+        raise ValueError(f"bytes_per_token must be an int >= 0, got {bytes_per_token!r}")
+    for i, n in enumerate(seq_lens):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"seq_lens[{i}] = {n!r}: a sequence length is an int >= 0")
+    return bytes_per_token * sum(seq_lens)
+
+
+def max_sequences(gpu_memory_bytes: int, weight_bytes: int, bytes_per_token: int, seq_len: int,
+                  gpu_memory_utilization: float = 0.9) -> int:
+    """How many sequences of `seq_len` tokens fit in the KV cache, vLLM's way: the budget is
+    int(utilization x GPU memory) - weights, and each sequence keeps its whole length.
+
+    Raises ValueError when the weights alone do not fit in the usable memory (as `kv_cache_budget`
+    does), since then not even one token fits.
+    """
+    if not 0 < gpu_memory_utilization <= 1:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+    if bytes_per_token < 1 or seq_len < 1:
+        raise ValueError(f"bytes_per_token ({bytes_per_token}) and seq_len ({seq_len}) must both be >= 1")
+    budget = int(gpu_memory_utilization * gpu_memory_bytes) - weight_bytes
+    if budget <= 0:
+        raise ValueError(
+            f"the weights ({format_bytes(weight_bytes)}) do not fit in {gpu_memory_utilization:.0%} of "
+            f"{format_bytes(gpu_memory_bytes)}: use a smaller weight dtype, a bigger GPU or a higher "
+            "gpu_memory_utilization"
+        )
+    return budget // (bytes_per_token * seq_len)
+
+
 # ----------------------------------------------------------------------------------------------
 # GPUs
 
@@ -397,6 +429,18 @@ def get_gpu(gpu: GPUSpec | str, **overrides: Any) -> GPUSpec:
 def gpus_needed(total_bytes: int, gpu: GPUSpec | str) -> int:
     """Fewest GPUs whose memory adds up to `total_bytes`, assuming perfect sharding (a lower bound)."""
     return math.ceil(total_bytes / get_gpu(gpu).memory_bytes)
+
+
+def gpu_headroom(total_bytes: int, gpu: GPUSpec | str, num_gpus: int | None = None) -> dict[str, float]:
+    """How full `num_gpus` GPUs (default: `gpus_needed`) are when they hold `total_bytes`:
+    {"num_gpus", "capacity", "fraction_used", "headroom_bytes"}. The memory-only count leaves no room
+    for the CUDA context (several hundred MB per GPU), the allocator's fragmentation or temporary
+    buffers, so a fraction near 1 means a real run needs more GPUs (or sharding, offload, recompute)."""
+    g = get_gpu(gpu)
+    n = gpus_needed(total_bytes, g) if num_gpus is None else _check_int("num_gpus", num_gpus)
+    capacity = n * g.memory_bytes
+    return {"num_gpus": n, "capacity": capacity, "fraction_used": total_bytes / capacity,
+            "headroom_bytes": capacity - total_bytes}
 
 
 def kv_cache_budget(shape: ModelShape | str, gpu: GPUSpec | str, *, gpu_memory_utilization: float = 0.9,
@@ -560,7 +604,7 @@ def lab_table_13b() -> list[TableRow]:
                  "(int4 before per-group scales)"),
         TableRow("Gradients", fp16, 0, 0, "right: one 16-bit gradient per parameter"),
         TableRow("Optimizer states", lab_optimizer, 0, 0, "wrong: Adam keeps m and v in fp32, 8 bytes/param "
-                 "= 104 GB (the lab's own diagram says 8 bytes/param), plus a 52 GB fp32 master copy"),
+                 "= 104 GB, plus a 52 GB fp32 master copy in mixed precision"),
         TableRow("Activations", act, (0, 10**9), (0, 10**9), "depends on batch and sequence length: "
                  "see training_activation_bytes / inference_activation_bytes"),
         TableRow("KV cache", None, "dynamic", "dynamic", "grows with batch x tokens: kv_cache_bytes"),
@@ -599,7 +643,8 @@ def corrected_table_13b(shape: ModelShape | str = "llama-2-13b", batch_size: int
                  f"batch {batch_size} x {seq_len} tokens, fp16"),
         TableRow("Total", train.total, inf16.total, inf4.total, ""),
         TableRow("Hardware (memory only)", hw(train.total, "H100-SXM"), hw(inf16.total, "H100-SXM"),
-                 hw(inf4.total, "RTX-4090"), "fewest GPUs whose memory sums to the total"),
+                 hw(inf4.total, "RTX-4090"), "fewest GPUs whose memory sums to the total, with no "
+                 "headroom: see gpu_headroom"),
     ]
 
 

@@ -39,7 +39,9 @@ UDHR_FILE = DATA_DIR / "udhr_articles_1_3.json"
 # ----------------------------------------------------------------------------------------------
 
 
-def _gpt2_files() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def gpt2_files() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """GPT-2's own files: (encoder.json as token string -> id, merges.txt as (left, right) string pairs
+    in rank order), strings written in GPT-2's byte-to-unicode alphabet (`tokenizer.bytes_to_unicode`)."""
     vocab = json.loads(assets.path("gpt2-encoder").read_text(encoding="utf-8"))
     lines = assets.path("gpt2-merges").read_text(encoding="utf-8").split("\n")
     merges = [tuple(line.split(" ")) for line in lines[1:] if line]  # line 0 is "#version: 0.2"
@@ -56,7 +58,7 @@ def hf_gpt2_tokenizer(pad_with_eos: bool = False):
     """
     from transformers import GPT2Tokenizer
 
-    vocab, merges = _gpt2_files()
+    vocab, merges = gpt2_files()
     tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges)
     assert len(tokenizer) == 50257, f"GPT-2 tokenizer built with {len(tokenizer)} tokens, expected 50257"
     if pad_with_eos:
@@ -155,6 +157,9 @@ def _samples() -> dict[str, str]:
 
 
 SAMPLE_TEXTS: dict[str, str] = _samples()
+# The parallel texts only: the same three articles in each language, so counts compare like with like
+# (SAMPLE_TEXTS adds a Python source, which is not a translation of anything).
+TRANSLATIONS: dict[str, str] = {lang: text for lang, text in SAMPLE_TEXTS.items() if lang != "Python code"}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -182,7 +182,18 @@ def test_stub_says_not_written_yet(ref):
         raise NotImplementedError("Task 3: merge a pair (t3-merge): replace this line with your code")
 
     msg = failure(g.check_function, stub, ref.merge, MERGE_CASES)
-    assert msg.startswith("stub: not written yet (NotImplementedError: Task 3: merge a pair (t3-merge)")
+    assert msg.startswith("stub: not written yet: `stub` raised NotImplementedError: Task 3: merge a pair (t3-merge)")
+
+
+def test_not_written_yet_names_the_function_that_raised(ref):
+    def helper(ids):
+        raise NotImplementedError("Task 2: count pairs (t2-pair-counts): replace this line with your code")
+
+    def uses_helper(ids, pair, new_id):  # a finished task that calls an unfinished one
+        return helper(ids)
+
+    msg = failure(g.check_function, uses_helper, ref.merge, MERGE_CASES)
+    assert "not written yet: `helper` raised NotImplementedError: Task 2" in msg
 
 
 def test_changing_the_input_in_place_fails(ref):

@@ -420,3 +420,36 @@ def test_presets_are_frozen_and_derived():
     counts = PRESETS["gpt2"].param_counts()
     assert sum(counts.values()) == PRESETS["gpt2"].num_params and counts["lm_head"] == 0
     assert np.isclose(memory.embedding_fraction("gpt2"), 50257 * 768 / 124_439_808)
+
+
+def test_gpu_headroom_of_the_13b_training_total():
+    """3 x 80 GiB hold 257.7 GB; mixed-precision training of Llama-2-13B needs 256.1 GB: 99.4% full."""
+    total = memory.training_footprint("llama-2-13b", 1, 2048).total
+    room = memory.gpu_headroom(total, "H100-SXM")
+    assert room["num_gpus"] == memory.gpus_needed(total, "H100-SXM") == 3
+    assert room["capacity"] == 3 * 80 * 2**30
+    assert room["headroom_bytes"] == 3 * 80 * 2**30 - total
+    assert 0.99 < room["fraction_used"] < 1.0
+    assert memory.gpu_headroom(total, "H100-SXM", num_gpus=4)["fraction_used"] < 0.75
+
+
+def test_training_is_about_nine_times_inference_in_the_corrected_table():
+    rows = {r.component: r for r in memory.corrected_table_13b()}
+    assert 9 < rows["Total"].training / rows["Total"].inference_fp16 < 9.5
+
+
+def test_batch_64_decode_at_2048_tokens_is_dominated_by_the_kv_cache():
+    h100 = memory.get_gpu("H100-SXM")
+    empty = memory.decode_step_bound("llama-2-13b", h100, batch_size=64, weight_dtype="fp16", kv_dtype="fp16")
+    full = memory.decode_step_bound("llama-2-13b", h100, batch_size=64, context_len=2048, weight_dtype="fp16",
+                                    kv_dtype="fp16")
+    assert 130e9 < full.bytes_moved < 135e9 and full.bound == "memory"
+    assert 4.5 < full.seconds / empty.seconds < 5.5
+    assert memory.kv_cache_bytes("llama-2-13b", 2048, 64) > h100.memory_bytes  # the KV alone does not fit
+
+
+def test_max_sequences_budget_of_zero_raises_and_usable_memory_is_truncated():
+    assert memory.max_sequences(1001, 0, 1, 1, 0.9) == 900  # int(900.9)
+    with pytest.raises(ValueError, match="do not fit"):
+        memory.max_sequences(1000, 900, 1, 1, 0.9)
+    assert memory.kv_bytes_for_batch(10, [1, 2, 0]) == 30

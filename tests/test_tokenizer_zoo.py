@@ -14,6 +14,7 @@ import pytest
 import regex
 
 from labkit import assets
+from labkit import tokenizer_zoo as zoo
 from labkit.tokenizer import Tokenizer
 from labkit.tokenizer_zoo import (
     SAMPLE_TEXTS,
@@ -179,3 +180,9 @@ def test_units_that_fit_and_batch_capacity_hand_worked():
 def test_units_that_fit_and_batch_capacity_reject_bad_input(fn, args, error):
     with pytest.raises(error):
         fn(*args)
+
+
+def test_translations_are_the_parallel_texts_only():
+    """The per-language comparisons use translations of one passage; the Python source is not one."""
+    assert "Python code" in zoo.SAMPLE_TEXTS and "Python code" not in zoo.TRANSLATIONS
+    assert set(zoo.TRANSLATIONS) == set(zoo.udhr_texts())

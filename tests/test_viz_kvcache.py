@@ -70,16 +70,16 @@ def test_max_sequences_is_vllm_rule_as_labkit_memory_computes_it(preset, gpu, wd
         expected = memory.max_num_seqs(s, spec, seq_len, gpu_memory_utilization=util, weight_dtype=wdtype)
     except ValueError:
         with pytest.raises(ValueError, match="do not fit"):
-            kvcache.max_sequences(*args)
+            memory.max_sequences(*args)
         return
-    assert kvcache.max_sequences(*args) == expected
+    assert memory.max_sequences(*args) == expected
 
 
 def test_max_sequences_rejects_bad_arguments():
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
-        kvcache.max_sequences(10**10, 0, 10, 10, gpu_memory_utilization=1.5)
+        memory.max_sequences(10**10, 0, 10, 10, gpu_memory_utilization=1.5)
     with pytest.raises(ValueError, match="must both be >= 1"):
-        kvcache.max_sequences(10**10, 0, 0, 10)
+        memory.max_sequences(10**10, 0, 0, 10)
 
 
 @settings(max_examples=40, deadline=None)
@@ -87,34 +87,34 @@ def test_max_sequences_rejects_bad_arguments():
 def test_kv_bytes_for_batch_sums_sequences(preset, lens):
     per_token = memory.kv_cache_bytes_per_token(preset)
     expected = sum(memory.kv_cache_bytes(preset, n, 1) for n in lens if n > 0)
-    assert kvcache.kv_bytes_for_batch(per_token, lens) == expected
+    assert memory.kv_bytes_for_batch(per_token, lens) == expected
 
 
 def test_kv_bytes_for_batch_rejects_bad_lengths():
     with pytest.raises(ValueError, match="seq_lens\\[1\\]"):
-        kvcache.kv_bytes_for_batch(10, [3, -1])
+        memory.kv_bytes_for_batch(10, [3, -1])
     with pytest.raises(ValueError, match="bytes_per_token"):
-        kvcache.kv_bytes_for_batch(2.5, [3])
+        memory.kv_bytes_for_batch(2.5, [3])
 
 
 def test_contiguous_snapshot_hand_worked():
     # prompts 5 and 9, outputs 20 and 3: final lengths 25 and 12
-    assert kvcache.contiguous_snapshot([5, 9], [20, 3], "reserve_max", 64) == {
+    assert fragmentation.contiguous_snapshot([5, 9], [20, 3], "reserve_max", 64) == {
         "live": 14,
         "reserved": 23,
         "internal": (64 - 25) + (64 - 12),
     }
-    assert kvcache.contiguous_snapshot([5, 9], [20, 3], "reserve_pow2", 64) == {
+    assert fragmentation.contiguous_snapshot([5, 9], [20, 3], "reserve_pow2", 64) == {
         "live": 14,
         "reserved": 23,
         "internal": (32 - 25) + (16 - 12),
     }
-    assert kvcache.contiguous_snapshot([5, 9], [20, 3], "reserve_exact", 64) == {
+    assert fragmentation.contiguous_snapshot([5, 9], [20, 3], "reserve_exact", 64) == {
         "live": 14,
         "reserved": 23,
         "internal": 0,
     }
-    assert kvcache.contiguous_snapshot([40], [50], "reserve_pow2", 100)["internal"] == 10  # 128 capped at 100
+    assert fragmentation.contiguous_snapshot([40], [50], "reserve_pow2", 100)["internal"] == 10  # 128 capped at 100
 
 
 @settings(max_examples=40, deadline=None)
@@ -124,7 +124,7 @@ def test_contiguous_snapshot_invariants(data):
     prompts = data.draw(st.lists(st.integers(1, max_len - 1), min_size=1, max_size=10))
     outputs = [data.draw(st.integers(1, max_len - p)) for p in prompts]
     policy = data.draw(st.sampled_from(["reserve_max", "reserve_pow2", "reserve_exact"]))
-    snap = kvcache.contiguous_snapshot(prompts, outputs, policy, max_len)
+    snap = fragmentation.contiguous_snapshot(prompts, outputs, policy, max_len)
     assert snap["live"] == sum(prompts) and snap["reserved"] == sum(outputs)
     assert snap["internal"] >= 0
     if policy == "reserve_max":
@@ -133,9 +133,9 @@ def test_contiguous_snapshot_invariants(data):
 
 def test_contiguous_snapshot_rejects_paged_and_mismatched_lists():
     with pytest.raises(ValueError, match="contiguous"):
-        kvcache.contiguous_snapshot([1], [1], "paged", 16)
+        fragmentation.contiguous_snapshot([1], [1], "paged", 16)
     with pytest.raises(ValueError, match="one prompt length"):
-        kvcache.contiguous_snapshot([1, 2], [1], "reserve_max", 16)
+        fragmentation.contiguous_snapshot([1, 2], [1], "reserve_max", 16)
 
 
 def test_scaling_mermaid_prints_computed_sizes():
@@ -175,9 +175,20 @@ def test_plot_decode_times_draws_both_loops():
     c = measure.DecodeTrace([1, 2, 3], [0.5, 0.01, 0.01], 7)
     u = measure.DecodeTrace([1, 2, 3], [0.5, 0.6, 0.7], 18)
     fig = kvcache.plot_decode_times(c, u, prompt_len=5, probes=[(20, 2.0)])
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert isinstance(fig, Figure)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any("18 token-forwards" in t for t in labels)
+    assert len(fig.axes) == 3
+
+
+def test_best_steps_and_probes_take_the_fastest_run():
+    a = measure.DecodeTrace([1, 2, 3], [0.5, 0.02, 0.01], 7)
+    b = measure.DecodeTrace([1, 2, 3], [0.4, 0.01, 0.03], 7)
+    assert kvcache.best_steps([a, b]).step_seconds == [0.4, 0.01, 0.01]
+    assert kvcache.best_steps(a).step_seconds == a.step_seconds
+    assert kvcache.best_probes([(20, 2.0), (10, 1.0), (20, 1.5)]) == [(10, 1.0), (20, 1.5)]
+    fig = kvcache.plot_decode_times([a, b], b, prompt_len=5, probes=[(20, 2.0), (20, 1.0)])
+    assert min(fig.axes[0].lines[-1].get_ydata()) == 1e3 * 1.0  # the probe drawn at its best time
 
 
 def test_fragmentation_is_what_contiguous_snapshot_runs():
@@ -187,7 +198,7 @@ def test_fragmentation_is_what_contiguous_snapshot_runs():
         reqs, fragmentation.SimConfig("reserve_max", 32, max_model_len=32), record="event"
     )
     admit = next(s for s in res.timeline if s.event == "admit")
-    assert kvcache.contiguous_snapshot([7], [9], "reserve_max", 32) == {
+    assert fragmentation.contiguous_snapshot([7], [9], "reserve_max", 32) == {
         "live": admit.live,
         "reserved": admit.reserved,
         "internal": admit.internal,

@@ -5,10 +5,10 @@
     kv_cache_calculator()                      # ipywidgets: sliders and dropdowns -> the same numbers
     Markdown(scaling_mermaid("llama-3-8b"))    # the lab's §3.5 diagram, its numbers computed
     plot_decode_times(cached, uncached)        # per-step and cumulative time, with and without a cache
-    contiguous_snapshot([5, 9], [20, 3], "reserve_max", 64)   # slots right after admission
 
-Every byte count comes from labkit.memory (kv_cache_bytes_per_token, dtype_bytes, format_bytes) and
-every allocation count from labkit.fragmentation's simulator; this module only arranges them.
+Every byte count comes from labkit.memory (kv_cache_bytes_per_token, kv_bytes_for_batch,
+max_sequences, format_bytes); this module only arranges them. The graded references live there and
+in labkit.fragmentation (contiguous_snapshot), not here.
 What it does not do: model weights sharded over several GPUs, activation memory (pass it inside
 `weight_bytes` if you want it reserved), or paged allocation (chapter 4).
 """
@@ -23,15 +23,14 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from labkit import memory
-from labkit.fragmentation import SimConfig, SimRequest, simulate
+from labkit.memory import kv_bytes_for_batch, max_sequences
 
 __all__ = [
     "KVCacheEstimate",
-    "contiguous_snapshot",
-    "kv_bytes_for_batch",
+    "best_probes",
+    "best_steps",
     "kv_cache_calculator",
     "kv_cache_estimate",
-    "max_sequences",
     "plot_decode_times",
     "scaling_mermaid",
 ]
@@ -51,44 +50,6 @@ def _kv_shape(num_layers: int, num_kv_heads: int, head_dim: int) -> memory.Model
         tie_word_embeddings=True,
         head_dim=head_dim,
     )
-
-
-def kv_bytes_for_batch(bytes_per_token: int, seq_lens: Sequence[int]) -> int:
-    """KV bytes of a batch whose sequences hold `seq_lens` tokens each (lengths may differ)."""
-    if isinstance(bytes_per_token, bool) or not isinstance(bytes_per_token, int) or bytes_per_token < 0:
-        raise ValueError(f"bytes_per_token must be an int >= 0, got {bytes_per_token!r}")
-    for i, n in enumerate(seq_lens):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"seq_lens[{i}] = {n!r}: a sequence length is an int >= 0")
-    return bytes_per_token * sum(seq_lens)
-
-
-def max_sequences(
-    gpu_memory_bytes: int,
-    weight_bytes: int,
-    bytes_per_token: int,
-    seq_len: int,
-    gpu_memory_utilization: float = 0.9,
-) -> int:
-    """How many sequences of `seq_len` tokens fit in the KV cache, vLLM's way: the budget is
-    int(utilization x GPU memory) - weights, and each sequence keeps its whole length.
-
-    Raises ValueError when the weights alone do not fit in the usable memory (as
-    labkit.memory.kv_cache_budget does), since then not even one token fits.
-    """
-    if not 0 < gpu_memory_utilization <= 1:
-        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
-    if bytes_per_token < 1 or seq_len < 1:
-        raise ValueError(f"bytes_per_token ({bytes_per_token}) and seq_len ({seq_len}) must both be >= 1")
-    usable = int(gpu_memory_utilization * gpu_memory_bytes)
-    budget = usable - weight_bytes
-    if budget <= 0:
-        raise ValueError(
-            f"the weights ({memory.format_bytes(weight_bytes)}) do not fit in "
-            f"{gpu_memory_utilization:.0%} of {memory.format_bytes(gpu_memory_bytes)}: use a "
-            "smaller weight dtype, a bigger GPU or a higher gpu_memory_utilization"
-        )
-    return budget // (bytes_per_token * seq_len)
 
 
 @dataclass(frozen=True)
@@ -135,30 +96,6 @@ def kv_cache_estimate(
     return KVCacheEstimate(per_token, per_seq, batch, usable, weight_bytes, budget, fit, budget >= batch)
 
 
-def contiguous_snapshot(
-    prompt_lens: Sequence[int], output_lens: Sequence[int], policy: str, max_model_len: int
-) -> dict[str, int]:
-    """Slots of a contiguous KV allocator right after it has admitted every request (all prefilled).
-
-    Runs labkit.fragmentation's simulator with every request arriving at step 0 and room for all,
-    and returns {"live": tokens whose K/V is stored, "reserved": slots the requests' future tokens
-    will fill, "internal": slots they will never fill}. policy: reserve_max, reserve_pow2, reserve_exact.
-    """
-    if policy == "paged" or policy not in ("reserve_max", "reserve_pow2", "reserve_exact"):
-        raise ValueError(
-            f"policy must be a contiguous one (reserve_max, reserve_pow2, reserve_exact), got {policy!r}"
-        )
-    if len(prompt_lens) != len(output_lens) or not prompt_lens:
-        raise ValueError("give one prompt length and one output length per request (at least one request)")
-    reqs = [SimRequest(i, 0, int(p), int(o)) for i, (p, o) in enumerate(zip(prompt_lens, output_lens))]
-    config = SimConfig(policy, capacity_tokens=max_model_len * len(reqs), max_model_len=max_model_len)
-    timeline = simulate(reqs, config, record="event").timeline
-    admitted = [s for s in timeline if s.event == "admit" and s.num_running == len(reqs)]
-    assert admitted, "the simulator did not admit every request at once"
-    snap = admitted[0]
-    return {"live": snap.live, "reserved": snap.reserved, "internal": snap.internal}
-
-
 # ----------------------------------------------------------------------------------------------- figures
 def scaling_mermaid(
     shape: memory.ModelShape | str = "llama-3-8b",
@@ -198,55 +135,60 @@ def _binary_unit(num_bytes: float) -> str:
     return "B"
 
 
+def best_steps(traces: Any) -> Any:
+    """One DecodeTrace whose step i took the least time step i took in any of `traces` (a trace, or a
+    list of traces of the same loop): on a busy machine the best of several runs is the honest curve."""
+    traces = list(traces) if isinstance(traces, (list, tuple)) else [traces]
+    best = [min(t.step_seconds[i] for t in traces) for i in range(min(len(t.step_seconds) for t in traces))]
+    return type(traces[0])(list(traces[0].token_ids), best, traces[0].token_forwards)
+
+
+def best_probes(probes: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """(length, least seconds) for each length timed one or more times, in length order."""
+    best: dict[int, float] = {}
+    for length, seconds in probes:
+        best[length] = min(seconds, best.get(length, float("inf")))
+    return sorted(best.items())
+
+
 def plot_decode_times(
     cached: Any, uncached: Any, prompt_len: int, probes: Sequence[tuple[int, float]] = ()
 ) -> Figure:
-    """Per-step and cumulative decode time with and without a KV cache.
+    """Per-step time, token-forwards per step, and cumulative time of decoding with and without a KV cache.
 
-    cached, uncached: labkit.measure.DecodeTrace (step_seconds, token_forwards). probes: extra
-    (sequence length, seconds) of single uncached steps at lengths the full uncached loop did not
-    reach. x axis: the sequence length the step reads (prompt_len + step index)."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
+    cached, uncached: a labkit.measure.DecodeTrace each, or a list of traces of repeated runs (each step
+    is drawn at its best time over the runs). probes: (sequence length, seconds) of single uncached steps
+    at lengths the full uncached loop did not reach; a length timed several times is drawn at its best.
+    x axis: the sequence length the step reads (prompt_len + step index)."""
+    cached, uncached, probes = best_steps(cached), best_steps(uncached), best_probes(probes)
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    ax1, ax3, ax2 = fig.subplots(1, 3)
     for trace, label, color in ((cached, "with KV cache", "#2b8a3e"), (uncached, "without cache", "#e03131")):
         x = [prompt_len + i for i in range(len(trace.step_seconds))]
-        ax1.plot(
-            x[1:],
-            [1e3 * t for t in trace.step_seconds[1:]],
-            ".",
-            ms=3,
-            color=color,
-            label=f"{label} ({trace.token_forwards:,} token-forwards)",
-        )
+        ax1.plot(x[1:], [1e3 * t for t in trace.step_seconds[1:]], ".", ms=3, color=color,
+                 label=f"{label} ({trace.token_forwards:,} token-forwards)")
+        per_step = [1] * len(x) if trace is cached else x  # positions pushed through the model at that step
+        ax3.plot(x[1:], per_step[1:], color=color, label=label)
         total, cum = 0.0, []
         for t in trace.step_seconds:
             total += t
             cum.append(total)
         ax2.plot(x, cum, color=color, label=label)
     steps = sorted([t for tr in (cached, uncached) for t in tr.step_seconds[1:]] + [p[1] for p in probes])
-    if steps:  # a busy machine makes a few steps very slow: keep the axis on the typical ones
+    if steps:  # keep the axis on the typical steps
         top = max([steps[int(0.95 * (len(steps) - 1))]] + [p[1] for p in probes])
         ax1.set_ylim(0, 1.25e3 * top)
     if probes:
-        ax1.plot(
-            [p[0] for p in probes],
-            [1e3 * p[1] for p in probes],
-            "x",
-            color="#e03131",
-            ms=7,
-            label="without cache: single steps, longer sequences",
-        )
-    ax1.set(
-        xlabel="tokens in the sequence at this step",
-        ylabel="ms per step (the prefill step left out)",
-        title="time per decode step",
-    )
-    ax2.set(
-        xlabel="tokens in the sequence at this step",
-        ylabel="seconds since the first step",
-        title="cumulative time",
-    )
-    for ax in (ax1, ax2):
+        ax1.plot([p[0] for p in probes], [1e3 * p[1] for p in probes], "x", color="#e03131", ms=7,
+                 label="without cache: single steps, longer sequences (best of repeats)")
+        ax3.plot([p[0] for p in probes], [p[0] for p in probes], "x", color="#e03131", ms=7)
+    ax1.set(xlabel="tokens in the sequence at this step", ylabel="ms per step, best of repeated runs",
+            title="time per decode step")
+    ax3.set(xlabel="tokens in the sequence at this step", ylabel="token positions through the model",
+            title="token-forwards per decode step")
+    ax2.set(xlabel="tokens in the sequence at this step", ylabel="seconds since the first step",
+            title="cumulative time")
+    for ax in (ax1, ax2, ax3):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     return fig

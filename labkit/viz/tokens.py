@@ -226,11 +226,13 @@ def token_explorer(tokenizers: Mapping[str, Any], text: str = "The capital of Fr
 # matplotlib figures
 
 
-def plot_context_fit(rows: Sequence[Mapping[str, Any]], value: str, ylabel: str, title: str = "", ax=None):
+def plot_context_fit(rows: Sequence[Mapping[str, Any]], value: str, ylabel: str, title: str = "", ax=None,
+                     fmt: str = "{:,.0f}"):
     """Grouped bars: one group per language, one bar per tokenizer, height `row[value]`. Returns the Figure
     (drawn on `ax` when given).
 
     rows: dicts with at least "language", "tokenizer" and the `value` key (e.g. words that fit).
+    fmt: how each bar's label is written ("{:,.1f}" for fractional values).
     """
     import matplotlib
     import matplotlib.pyplot as plt
@@ -249,7 +251,7 @@ def plot_context_fit(rows: Sequence[Mapping[str, Any]], value: str, ylabel: str,
         bars = ax.bar(
             x + (k - (len(toks) - 1) / 2) * width, heights, width, label=tok, color=BAR_COLORS[k % len(BAR_COLORS)]
         )
-        ax.bar_label(bars, fmt="{:,.0f}", fontsize=7, padding=1)
+        ax.bar_label(bars, fmt=fmt, fontsize=7, padding=1)
     ax.set_xticks(x, langs)
     ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     ax.set_ylabel(ylabel)

@@ -2,8 +2,9 @@
 
 Each costs exactly the test cells it names and no other: later tasks' tests run the student's
 function with labkit's get_pair_counts / merge in place of the student's, and the pipeline test
-builds a fresh tokenizer, so a broken upstream answer is not charged twice. Every mistake below is
-caught by the fixed cases of its check (not only by the random ones).
+builds a fresh tokenizer, so a broken upstream answer is not charged twice (labkit.exercises.ch1
+substitutes labkit's references for the earlier tasks). Every mistake below is caught by the fixed
+cases of its check (not only by the random ones).
 """
 
 from notebook_tools import Mistake
@@ -45,6 +46,38 @@ MISTAKES = [
         replace="""        for k, pair in enumerate(merges):
             ids = merge(ids, pair, 256 + k)""",
         lost=[],
+    ),
+    Mistake(
+        "pair-counts-not-written",  # an unwritten Task 2 costs Task 2 only: train_bpe and encode use labkit's
+        cell="t2-pair-counts",
+        find="    counts = {} if counts is None else counts\n",
+        replace='    raise NotImplementedError("Task 2: count adjacent pairs (t2-pair-counts): replace this line")\n',
+        lost=["t2-pair-counts-tests"],
+        says="not written yet: `get_pair_counts` raised NotImplementedError",
+    ),
+    Mistake(
+        "units-float-division",  # the task's rule: integer arithmetic (a float has 53 bits)
+        cell="t1-units-that-fit",
+        find="return context_len * sample_units // sample_tokens",
+        replace="return int(context_len * sample_units / sample_tokens)",
+        lost=["t1-units-that-fit-tests"],
+        says="wrong result",
+    ),
+    Mistake(
+        "detokenizer-emits-half-a-character",  # decodes each token alone: U+FFFD mid-character
+        cell="t8-detokenizer",
+        find="        self.pending = data[cut:]\n        return data[:cut].decode(\"utf-8\", errors=\"replace\")",
+        replace="        self.pending = b\"\"\n        return data.decode(\"utf-8\", errors=\"replace\")",
+        lost=["t8-detokenizer-tests"],
+        says="wrong result",
+    ),
+    Mistake(
+        "gpt2-encode-ignores-byte-permutation",  # byte b taken as GPT-2 id b: wrong for every byte token
+        cell="t9-gpt2-encode",
+        find="    to_gpt2 = {i: encoder[s] for s, i in my_id.items()}  # my id -> GPT-2's id",
+        replace="    to_gpt2 = {i: (i if i < 256 else encoder[s]) for s, i in my_id.items()}",
+        lost=["t9-gpt2-encode-tests"],
+        says="wrong result",
     ),
     Mistake(
         "pipeline-without-pad-token",  # GPT-2 has no pad token: padding raises ValueError
@@ -112,19 +145,26 @@ MORE_MISTAKES = [
         says="wrong result",
     ),
     Mistake(
-        "decode-token-by-token",  # a character split across two tokens becomes two U+FFFD
-        cell="t8-decode",
-        find='return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")',
-        replace='return "".join(vocab[i].decode("utf-8", errors="replace") for i in ids)',
-        lost=["t8-decode-tests"],
+        "detokenizer-holds-everything",  # waits for flush(): never streams
+        cell="t8-detokenizer",
+        find="        cut = len(data)\n",
+        replace="        cut = 0\n",
+        lost=["t8-detokenizer-tests"],
+        also=[("t8-detokenizer", "            if byte & 0b1100_0000", "            if cut and byte & 0b1100_0000")],
         says="wrong result",
     ),
     Mistake(
-        "batch-capacity-rounded",  # 3,200 / 180 = 17.8: 18 requests do not fit
-        cell="t9-batch-capacity",
-        find="return batch_size * tokens_per_request // new_tokens_per_request",
-        replace="return round(batch_size * tokens_per_request / new_tokens_per_request)",
-        lost=["t9-batch-capacity-tests"],
+        "gpt2-encode-forgets-special-token",  # <|endoftext|> encoded as ordinary text
+        cell="t9-gpt2-encode",
+        find="    for n, piece in enumerate(text.split(special)):",
+        replace="    for n, piece in enumerate([text]):",
+        lost=["t9-gpt2-encode-tests"],
         says="wrong result",
     ),
 ]
+
+# Also kept out of CI's run to hold its time (each entry is one more autograde of the notebook); they
+# were checked to cost exactly their cells when they were written.
+_NOT_IN_CI = {'pipeline-without-pad-token', 'merge-first-occurrence-only', 'encode-replays-every-merge'}
+MORE_MISTAKES += [m for m in MISTAKES if m.name in _NOT_IN_CI]
+MISTAKES = [m for m in MISTAKES if m.name not in _NOT_IN_CI]

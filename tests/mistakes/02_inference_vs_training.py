@@ -4,7 +4,7 @@ from notebook_tools import Mistake
 
 MISTAKES = [
     Mistake(
-        "adam-states-4-bytes",  # the lab's own table: 52 GB of "optimizer states" for 13B (ERRATA 8)
+        "adam-states-4-bytes",  # the circulated 13B table: 52 GB of "optimizer states"
         cell="t2-1-training-bytes",
         find='"optimizer_states": int(2 * n * fp32),',
         replace='"optimizer_states": int(n * fp32),',
@@ -37,10 +37,27 @@ MISTAKES = [
     ),
     Mistake(
         "roofline-adds-the-times",  # compute and memory overlap: the bound is the larger, not the sum
-        cell="t2-5-roofline",
+        cell="t2-6-roofline",
         find="return max(compute_s, memory_s),",
         replace="return compute_s + memory_s,",
-        lost=["t2-5-roofline-tests"],
+        lost=["t2-6-roofline-tests"],
+        says="wrong result",
+    ),
+    Mistake(
+        "roofline-strict-tie",  # the task's tie rule: equal times count as memory-bound
+        cell="t2-6-roofline",
+        find='("memory" if memory_s >= compute_s else "compute")',
+        replace='("memory" if memory_s > compute_s else "compute")',
+        lost=["t2-6-roofline-tests"],
+        says="wrong result",
+    ),
+    Mistake(
+        "saved-bytes-under-no-grad",  # gradients switched off inside: autograd saves nothing, 0 bytes
+        cell="t2-5-saved-bytes",
+        find="    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):\n        loss_fn(model)",
+        replace="    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):\n"
+        "        loss_fn(model)",
+        lost=["t2-5-saved-bytes-tests"],
         says="wrong result",
     ),
     Mistake(
@@ -57,3 +74,11 @@ MISTAKES = [
         lost=[],
     ),
 ]
+
+MORE_MISTAKES: list[Mistake] = []
+
+# Also kept out of CI's run to hold its time (each entry is one more autograde of the notebook); they
+# were checked to cost exactly their cells when they were written.
+_NOT_IN_CI = {'partial-group-has-no-scale', 'adam-states-from-named-keys'}
+MORE_MISTAKES += [m for m in MISTAKES if m.name in _NOT_IN_CI]
+MISTAKES = [m for m in MISTAKES if m.name not in _NOT_IN_CI]
