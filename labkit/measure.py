@@ -529,10 +529,3 @@ def time_uncached_steps(
         out.append((int(length), time.perf_counter() - t0))
     return out
 
-
-def __getattr__(name: str):
-    """`inference_footprint`, this function's old name, clashed with labkit.memory.inference_footprint
-    (a formula of another type); it stays importable until the chapter-2 notebook uses the new name."""
-    if name == "inference_footprint":
-        return inference_step_footprint
-    raise AttributeError(f"module 'labkit.measure' has no attribute {name!r}")
