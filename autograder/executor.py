@@ -1,0 +1,304 @@
+"""Run one student's notebook for grading, whatever the notebook does.
+
+`restore(source, submitted)` builds the notebook that is run: every cell of the instructor's
+version (solutions/, hidden tests included) with its metadata, in its order; a solution cell takes
+the student's source of the cell with the same grade_id (a missing one keeps the release's stub);
+code cells the student added stay after the graded cell they followed. So deleting or editing a
+locked or test cell, marking a locked cell as a solution or raising a cell's points changes nothing.
+
+`execute(nb, ...)` runs it cell by cell in a sandboxed kernel (autograder/sandbox.py) and never
+raises for what the notebook does:
+- a cell that kills the kernel (os._exit, exit(), a crash, the memory or CPU limit) or runs past
+  `cell_timeout` (a loop that ignores SIGINT) gets an error output; the kernel is restarted, the
+  cells before it that ran cleanly are run again (outputs kept from the first run), and grading goes
+  on, so that only what the cell broke scores 0;
+- a notebook gets `notebook_budget` seconds in all, then the remaining cells get an error output;
+- a cell's output is cut at `max_output_bytes`;
+- a test cell runs in two parts, its visible tests and its hidden tests, and records which part
+  failed and the message (cell.metadata.labkit) for the feedback; its stderr becomes stdout (a
+  warning or a log line from a correct answer does not cost the cell: the check's verdict, an error
+  output, decides) and an `execute_result` is dropped (nbgrader would read it as partial credit).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat.notebooknode import NotebookNode
+
+from autograder import sandbox
+
+HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
+HIDDEN_END = "### END HIDDEN TESTS"
+# Run in every kernel before the first cell: the checkers learn they are graded (a failed check raises).
+PRELUDE = "import labkit.grading as _labkit_grading_preload\ndel _labkit_grading_preload\n"
+
+
+def _meta(cell: NotebookNode) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+
+
+def is_test_cell(cell: NotebookNode) -> bool:
+    m = _meta(cell)
+    return cell.cell_type == "code" and bool(m.get("grade")) and not m.get("solution")
+
+
+# --------------------------------------------------------------------------------------------------
+# The notebook that is run
+# --------------------------------------------------------------------------------------------------
+
+
+def restore(source: NotebookNode, submitted: NotebookNode | None) -> NotebookNode:
+    """The instructor's notebook with the student's answers and added code cells put in."""
+    nb = copy.deepcopy(source)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    if submitted is None:
+        return nb
+    answers: dict[str, str] = {}
+    added: dict[str, list[NotebookNode]] = {}  # grade_id of the cell they follow ("" = top)
+    known = {_meta(c).get("grade_id") for c in source.cells if _meta(c).get("grade_id")}
+    anchor = ""
+    for cell in submitted.get("cells", []):
+        grade_id = _meta(cell).get("grade_id")
+        if grade_id in known:
+            if cell.get("cell_type") == "code" and isinstance(cell.get("source"), str):
+                answers.setdefault(grade_id, cell.source)
+            anchor = grade_id
+        elif cell.get("cell_type") == "code" and isinstance(cell.get("source"), str):
+            added.setdefault(anchor, []).append(nbformat.v4.new_code_cell(cell.source))
+    out = [new for new in added.get("", [])]
+    for cell in nb.cells:
+        m = _meta(cell)
+        if m.get("solution") and cell.cell_type == "code" and m.get("grade_id") in answers:
+            cell.source = answers[m["grade_id"]]
+        out.append(cell)
+        out += added.get(m.get("grade_id", None) or "\0", [])
+    nb.cells = out
+    return nb
+
+
+def split_test(source: str) -> tuple[str, str]:
+    """(visible part, hidden part) of a test cell's source."""
+    if HIDDEN_BEGIN not in source:
+        return source, ""
+    head, _, rest = source.partition(HIDDEN_BEGIN)
+    hidden, _, tail = rest.partition(HIDDEN_END)
+    return head + tail, hidden
+
+
+def error_output(ename: str, evalue: str) -> NotebookNode:
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Limits:
+    """How long and how loud one notebook may run."""
+
+    cell_timeout: float = 600.0  # seconds per cell
+    notebook_budget: float = 1800.0  # seconds for the whole notebook, restarts included
+    max_output_bytes: int = 1 << 20  # per cell
+    policy: sandbox.Policy = dataclasses.field(default_factory=sandbox.Policy)
+
+    def __post_init__(self) -> None:
+        if not (self.cell_timeout > 0 and self.notebook_budget > 0 and self.max_output_bytes > 0):
+            raise ValueError(f"Limits must be positive, got {self}")
+
+
+class _Client:
+    """An nbclient NotebookClient on a sandboxed kernel, with an output cap."""
+
+    def __init__(self, nb, scratch: Path, course_root: Path, limits: Limits, env: dict, log_file):
+        from jupyter_client.manager import KernelManager
+        from nbclient import NotebookClient
+
+        uid = limits.policy.uid
+        wrap_args = (scratch, course_root, limits.policy.uid, [_assets_home(), Path(sys.base_prefix).resolve()])
+
+        class SandboxedKernel(KernelManager):
+            def format_kernel_cmd(self, extra_arguments=None):
+                return sandbox.wrap(super().format_kernel_cmd(extra_arguments), *wrap_args)
+
+            def write_connection_file(self, **kwargs):
+                super().write_connection_file(**kwargs)
+                if uid is not None:  # the kernel's uid reads it; nobody else does
+                    os.chown(self.connection_file, uid, uid)
+
+        cap = limits.max_output_bytes
+
+        class CappedClient(NotebookClient):
+            def output(self, outs, msg, display_id, cell_index):
+                size = self._labkit_sizes.get(cell_index, 0) + len(str(msg.get("content", "")))
+                self._labkit_sizes[cell_index] = size
+                if size > cap:
+                    if not self._labkit_cut.get(cell_index):
+                        self._labkit_cut[cell_index] = True
+                        note = f"\n[output cut: more than {cap} bytes]\n"
+                        outs.append(nbformat.v4.new_output("stream", name="stdout", text=note))
+                    return None
+                return super().output(outs, msg, display_id, cell_index)
+
+        scratch.mkdir(parents=True, exist_ok=True)
+        if limits.policy.uid is not None:  # the sandbox's uid owns its scratch and can reach it
+            os.chown(scratch, limits.policy.uid, limits.policy.uid)
+            scratch.chmod(0o700)
+            scratch.parent.chmod(0o711)
+        km = SandboxedKernel(kernel_name="python3", transport="ipc", ip=str(scratch / "kernel-ipc"))
+        km.connection_file = str(scratch / "kernel.json")
+        self.client = CappedClient(nb, km=km, timeout=limits.cell_timeout, allow_errors=True,
+                                   interrupt_on_timeout=False, kernel_name="python3", record_timing=True)  # fmt: skip
+        self.client._labkit_sizes, self.client._labkit_cut = {}, {}
+        self._start = dict(env=env, cwd=str(scratch), stdout=log_file, stderr=log_file,
+                           preexec_fn=sandbox.limits(limits.policy))  # fmt: skip
+        self._ctx = None
+
+    def __enter__(self) -> _Client:
+        self._ctx = self.client.setup_kernel(**self._start)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._ctx.__exit__(None, None, None)
+        except Exception:
+            pass
+        try:
+            if self.client.km is not None and self.client.km.has_kernel:
+                self.client.km.shutdown_kernel(now=True)
+        except Exception:
+            pass
+
+    def run(self, cell: NotebookNode, index: int, source: str) -> list[NotebookNode]:
+        """Run `source` as cell `index`; the outputs. Raises CellTimeoutError or DeadKernelError."""
+        saved = cell.source
+        cell.source = source
+        self.client._labkit_sizes[index] = 0
+        self.client._labkit_cut[index] = False
+        try:
+            self.client.execute_cell(cell, index)
+        finally:
+            cell.source = saved
+        return list(cell.outputs)
+
+
+def _assets_home() -> Path:
+    from labkit import assets
+
+    return assets.home().resolve()
+
+
+def kernel_env(threads: int, quick: bool, scratch: Path) -> dict[str, str]:
+    """The kernel's whole environment: nothing of the grader's (no tokens, no paths) but these."""
+    keep = ("PATH", "LANG", "LC_ALL", "JUPYTER_PREFER_ENV_PATH", "VIRTUAL_ENV")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    bindir = os.path.dirname(sys.executable)
+    n = str(max(1, threads))
+    env.update(
+        PATH=bindir + os.pathsep + env.get("PATH", "/usr/bin:/bin"), HOME=str(scratch), TMPDIR=str(scratch),
+        IPYTHONDIR=str(scratch / ".ipython"), JUPYTER_RUNTIME_DIR=str(scratch / ".runtime"),
+        MPLCONFIGDIR=str(scratch / ".mpl"), MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1",
+        OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, TORCH_NUM_THREADS=n, LABKIT_GRADING="1",
+        LABKIT_QUICK="1" if quick else "0", LABKIT_HOME=str(_assets_home()), LABKIT_OFFLINE="1",
+    )  # fmt: skip
+    return env
+
+
+def _clean_test_outputs(outputs: list[NotebookNode]) -> list[NotebookNode]:
+    out = []
+    for o in outputs:
+        if o.output_type == "execute_result":
+            continue
+        if o.output_type == "stream" and o.name == "stderr":
+            o = nbformat.v4.new_output("stream", name="stdout", text=o.text)
+        out.append(o)
+    return out
+
+
+def _message(outputs: list[NotebookNode]) -> str:
+    for o in outputs:
+        if o.output_type == "error":
+            return f"{o.ename}: {o.evalue}"
+    return ""
+
+
+def execute(
+    nb: NotebookNode,
+    scratch: Path,
+    course_root: Path,
+    limits: Limits,
+    env: dict[str, str],
+    log: logging.Logger,
+    log_file=None,
+) -> NotebookNode:
+    """Run the restored notebook in place (see the module docstring); returns it."""
+    start = time.monotonic()
+    done: list[int] = []  # cells that ran without killing the kernel, in order (replayed on a restart)
+    index = 0
+    cells = nb.cells
+    while index < len(cells):
+        with _Client(nb, scratch, course_root, limits, env, log_file) as client:
+            prelude = nbformat.v4.new_code_cell(PRELUDE)
+            client.run(prelude, -1, PRELUDE)
+            for i in done:  # after a restart: the cells that ran before, outputs discarded
+                saved = copy.deepcopy(cells[i].outputs)
+                try:
+                    client.run(cells[i], i, cells[i].source)
+                finally:
+                    cells[i].outputs = saved
+            while index < len(cells):
+                cell = cells[index]
+                if cell.cell_type != "code":
+                    index += 1
+                    continue
+                if time.monotonic() - start > limits.notebook_budget:
+                    for rest in cells[index:]:
+                        if rest.cell_type == "code":
+                            rest.outputs = [error_output("GradingBudgetSpent", "not run: the notebook used its "
+                                                         f"{limits.notebook_budget:g} s")]  # fmt: skip
+                    log.warning("notebook budget spent at cell %d", index)
+                    return nb
+                try:
+                    _run_cell(client, cell, index)
+                except Exception as e:  # the kernel died or the cell ran past its time: restart
+                    from nbclient.exceptions import CellTimeoutError
+
+                    what = (f"the cell ran longer than {limits.cell_timeout:g} s" if isinstance(e, CellTimeoutError)
+                            else "the kernel died (the cell exited, crashed or passed a resource limit)")  # fmt: skip
+                    log.warning("cell %d: %s (%s)", index, what, type(e).__name__)
+                    cell.outputs = [*cell.get("outputs", [])[:20], error_output("GradingError", what)]
+                    if is_test_cell(cell):
+                        cell.metadata["labkit"] = {"failed": "visible", "message": what}
+                    index += 1
+                    break
+                done.append(index)
+                index += 1
+    return nb
+
+
+def _run_cell(client: _Client, cell: NotebookNode, index: int) -> None:
+    if not is_test_cell(cell):
+        client.run(cell, index, cell.source)
+        return
+    visible, hidden = split_test(cell.source)
+    outputs = _clean_test_outputs(client.run(cell, index, visible))
+    failed = "visible" if _message(outputs) else None
+    if failed is None and hidden.strip():
+        more = _clean_test_outputs(client.run(cell, index, hidden))
+        outputs += more
+        failed = "hidden" if _message(more) else None
+    cell.outputs = outputs
+    cell.metadata["labkit"] = {"failed": failed, "message": _message(outputs)}
