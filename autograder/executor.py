@@ -2,7 +2,7 @@
 
 `restore(source, submitted)` builds the notebook that is run: every cell of the instructor's
 version (solutions/, hidden tests included) with its metadata, in its order; a solution cell takes
-the student's source of the cell with the same grade_id (a missing one keeps the release's stub);
+the student's source of the cell with the same grade_id (a missing one raises NotImplementedError);
 code cells the student added stay after the graded cell they followed. So deleting or editing a
 locked or test cell, marking a locked cell as a solution or raising a cell's points changes nothing.
 
@@ -42,6 +42,9 @@ HIDDEN_END = "### END HIDDEN TESTS"
 PRELUDE = "import labkit.grading as _labkit_grading_preload\ndel _labkit_grading_preload\n"
 
 
+MISSING_ANSWER = 'raise NotImplementedError("this answer cell is missing from the submission")\n'
+
+
 def _meta(cell: NotebookNode) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {}) or {}
 
@@ -62,8 +65,8 @@ def restore(source: NotebookNode, submitted: NotebookNode | None) -> NotebookNod
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    if submitted is None:
-        return nb
+    if submitted is None:  # a notebook not handed in: every answer is missing
+        submitted = nbformat.v4.new_notebook()
     answers: dict[str, str] = {}
     added: dict[str, list[NotebookNode]] = {}  # grade_id of the cell they follow ("" = top)
     known = {_meta(c).get("grade_id") for c in source.cells if _meta(c).get("grade_id")}
@@ -79,8 +82,8 @@ def restore(source: NotebookNode, submitted: NotebookNode | None) -> NotebookNod
     out = [new for new in added.get("", [])]
     for cell in nb.cells:
         m = _meta(cell)
-        if m.get("solution") and cell.cell_type == "code" and m.get("grade_id") in answers:
-            cell.source = answers[m["grade_id"]]
+        if m.get("solution") and cell.cell_type == "code":
+            cell.source = answers.get(m["grade_id"], MISSING_ANSWER)
         out.append(cell)
         out += added.get(m.get("grade_id", None) or "\0", [])
     nb.cells = out

@@ -88,18 +88,22 @@ def wrap(cmd: list[str], scratch: Path, course_root: Path, uid: int | None, read
             "--perms", "0755", "--tmpfs", "/root"]  # fmt: skip
     for path in readable:
         if path.exists():
-            args += ["--ro-bind", str(path), str(path)]
+            args += _reachable(path) + ["--ro-bind", str(path), str(path)]
     for path in _hidden_dirs(course_root):
         if path.exists() and not str(scratch).startswith(str(path) + os.sep):
             args += ["--tmpfs", str(path)]
-    for parent in reversed(scratch.parents):  # reachable, not listable: the folders above the scratch
-        if str(parent).startswith("/tmp/"):
-            args += ["--perms", "0711", "--dir", str(parent)]
-    args += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch)]
+    args += _reachable(scratch) + ["--bind", str(scratch), str(scratch), "--chdir", str(scratch)]
     # In its own PID namespace the kernel's parent is pid 1, which ipykernel reads as "orphaned";
     # --die-with-parent does that job instead.
     args += ["--unsetenv", "JPY_PARENT_PID"]
     return args + ["--"] + drop + cmd
+
+
+def _reachable(path: Path) -> list[str]:
+    # The folders above a bind mount inside our tmpfs (/tmp, /root) would copy the host's modes
+    # (0700): create them traversable but not listable for the sandbox's uid.
+    return [arg for parent in reversed(path.parents) if str(parent).startswith(("/tmp/", "/root/"))
+            for arg in ("--perms", "0711", "--dir", str(parent))]  # fmt: skip
 
 
 def limits(policy: Policy):
