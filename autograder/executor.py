@@ -8,10 +8,11 @@ locked or test cell, marking a locked cell as a solution or raising a cell's poi
 
 `execute(nb, ...)` runs it cell by cell in a sandboxed kernel (autograder/sandbox.py) and never
 raises for what the notebook does:
-- a cell that kills the kernel (os._exit, exit(), a crash, the memory or CPU limit) or runs past
+- a cell that kills the kernel (os._exit, a crash, the memory or CPU limit) or runs past
   `cell_timeout` (a loop that ignores SIGINT) gets an error output; the kernel is restarted, the
   cells before it that ran cleanly are run again (outputs kept from the first run), and grading goes
-  on, so that only what the cell broke scores 0;
+  on, so that only what the cell broke scores 0 (a cell during which the kernel died is run once
+  more after the restart, and blamed only if the kernel dies again);
 - a notebook gets `notebook_budget` seconds in all, then the remaining cells get an error output;
 - a cell's output is cut at `max_output_bytes`;
 - a test cell runs in two parts, its visible tests and its hidden tests, and records which part
@@ -39,7 +40,16 @@ from autograder import sandbox
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
 HIDDEN_END = "### END HIDDEN TESTS"
 # Run in every kernel before the first cell: the checkers learn they are graded (a failed check raises).
-PRELUDE = "import labkit.grading as _labkit_grading_preload\ndel _labkit_grading_preload\n"
+# IPython's exit()/quit() would end the kernel after the cell, blaming whichever cell runs next; here
+# they raise SystemExit in the cell that calls them, which IPython reports as that cell's error.
+PRELUDE = """\
+import labkit.grading as _labkit_grading_preload
+def _labkit_no_exit(*args, **kwargs):
+    raise SystemExit("exit() and quit() do not end the kernel while grading")
+get_ipython().ask_exit = _labkit_no_exit
+exit = quit = _labkit_no_exit
+del _labkit_grading_preload, _labkit_no_exit
+"""
 
 
 MISSING_ANSWER = 'raise NotImplementedError("this answer cell is missing from the submission")\n'
@@ -125,14 +135,16 @@ class Limits:
 class _Client:
     """An nbclient NotebookClient on a sandboxed kernel, with an output cap."""
 
+    starts = 0  # kernels started by this process
+
     def __init__(self, nb, scratch: Path, course_root: Path, limits: Limits, env: dict, log_file):
-        from jupyter_client.manager import KernelManager
+        from jupyter_client.manager import AsyncKernelManager
         from nbclient import NotebookClient
 
         uid = limits.policy.uid
         wrap_args = (scratch, course_root, limits.policy.uid, [_assets_home(), Path(sys.base_prefix).resolve()])
 
-        class SandboxedKernel(KernelManager):
+        class SandboxedKernel(AsyncKernelManager):
             def format_kernel_cmd(self, extra_arguments=None):
                 return sandbox.wrap(super().format_kernel_cmd(extra_arguments), *wrap_args)
 
@@ -160,8 +172,9 @@ class _Client:
             os.chown(scratch, limits.policy.uid, limits.policy.uid)
             scratch.chmod(0o700)
             scratch.parent.chmod(0o711)
-        km = SandboxedKernel(kernel_name="python3", transport="ipc", ip=str(scratch / "kernel-ipc"))
-        km.connection_file = str(scratch / "kernel.json")
+        _Client.starts += 1  # each kernel gets its own socket paths: none is shared with a dead one
+        km = SandboxedKernel(kernel_name="python3", transport="ipc", ip=str(scratch / f"ipc{_Client.starts}"))
+        km.connection_file = str(scratch / f"kernel{_Client.starts}.json")
         self.client = CappedClient(nb, km=km, timeout=limits.cell_timeout, allow_errors=True,
                                    interrupt_on_timeout=False, kernel_name="python3", record_timing=True)  # fmt: skip
         self.client._labkit_sizes, self.client._labkit_cut = {}, {}
@@ -181,7 +194,9 @@ class _Client:
             pass
         try:
             if self.client.km is not None and self.client.km.has_kernel:
-                self.client.km.shutdown_kernel(now=True)
+                from jupyter_core.utils import run_sync
+
+                run_sync(self.client.km.shutdown_kernel)(now=True)
         except Exception:
             pass
 
@@ -238,6 +253,21 @@ def _message(outputs: list[NotebookNode]) -> str:
     return ""
 
 
+class _Restart(Exception):
+    """The kernel died or was stopped; start a new one and go on."""
+
+
+def _fatal(e: Exception, limits: Limits) -> str | None:
+    """What happened, when `e` means the kernel is gone or stuck; None for anything else."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    if isinstance(e, CellTimeoutError):
+        return f"the cell ran longer than {limits.cell_timeout:g} s"
+    if isinstance(e, (DeadKernelError, RuntimeError, TimeoutError)):
+        return "the kernel died (the cell exited, crashed or passed a resource limit)"
+    return None
+
+
 def execute(
     nb: NotebookNode,
     scratch: Path,
@@ -250,46 +280,60 @@ def execute(
     """Run the restored notebook in place (see the module docstring); returns it."""
     start = time.monotonic()
     done: list[int] = []  # cells that ran without killing the kernel, in order (replayed on a restart)
-    index = 0
-    cells = nb.cells
-    while index < len(cells):
-        with _Client(nb, scratch, course_root, limits, env, log_file) as client:
-            prelude = nbformat.v4.new_code_cell(PRELUDE)
-            client.run(prelude, -1, PRELUDE)
-            for i in done:  # after a restart: the cells that ran before, outputs discarded
-                saved = copy.deepcopy(cells[i].outputs)
-                try:
-                    client.run(cells[i], i, cells[i].source)
-                finally:
-                    cells[i].outputs = saved
-            while index < len(cells):
-                cell = cells[index]
-                if cell.cell_type != "code":
-                    index += 1
-                    continue
-                if time.monotonic() - start > limits.notebook_budget:
-                    for rest in cells[index:]:
-                        if rest.cell_type == "code":
-                            rest.outputs = [error_output("GradingBudgetSpent", "not run: the notebook used its "
-                                                         f"{limits.notebook_budget:g} s")]  # fmt: skip
-                    log.warning("notebook budget spent at cell %d", index)
-                    return nb
-                try:
-                    _run_cell(client, cell, index)
-                except Exception as e:  # the kernel died or the cell ran past its time: restart
-                    from nbclient.exceptions import CellTimeoutError
+    cells, index = nb.cells, 0
+    retried: set[int] = set()  # cells during which the kernel died once: a second death is theirs
 
-                    what = (f"the cell ran longer than {limits.cell_timeout:g} s" if isinstance(e, CellTimeoutError)
-                            else "the kernel died (the cell exited, crashed or passed a resource limit)")  # fmt: skip
-                    log.warning("cell %d: %s (%s)", index, what, type(e).__name__)
-                    cell.outputs = [*cell.get("outputs", [])[:20], error_output("GradingError", what)]
-                    if is_test_cell(cell):
-                        cell.metadata["labkit"] = {"failed": "visible", "message": what}
+    def broke(i: int, what: str) -> None:
+        log.warning("cell %d: %s", i, what)
+        cells[i].outputs = [*cells[i].get("outputs", [])[:20], error_output("GradingError", what)]
+        if is_test_cell(cells[i]):
+            cells[i].metadata["labkit"] = {"failed": "visible", "message": what}
+
+    while True:
+        try:
+            with _Client(nb, scratch, course_root, limits, env, log_file) as client:
+                client.run(nbformat.v4.new_code_cell(PRELUDE), -1, PRELUDE)
+                for i in list(done):  # after a restart: the cells that ran before, outputs kept
+                    saved = copy.deepcopy(cells[i].outputs)
+                    try:
+                        client.run(cells[i], i, cells[i].source)
+                    except Exception as e:  # e.g. a cell that calls exit(): the kernel dies after it
+                        if _fatal(e, limits) is None:
+                            raise
+                        done.remove(i)
+                        cells[i].outputs = saved
+                        broke(i, _fatal(e, limits) + " (when run again after a restart)")
+                        raise _Restart from e
+                    finally:
+                        if i in done:
+                            cells[i].outputs = saved
+                while index < len(cells):
+                    cell = cells[index]
+                    if cell.cell_type != "code":
+                        index += 1
+                        continue
+                    if time.monotonic() - start > limits.notebook_budget:
+                        for i in range(index, len(cells)):
+                            if cells[i].cell_type == "code":
+                                broke(i, f"not run: the notebook used its {limits.notebook_budget:g} s")
+                        return nb
+                    try:
+                        _run_cell(client, cell, index)
+                    except Exception as e:  # the kernel died or the cell ran past its time: restart
+                        what = _fatal(e, limits)
+                        if what is None:
+                            raise
+                        if "died" in what and index not in retried:  # once more after a fresh start
+                            retried.add(index)
+                            raise _Restart from e
+                        broke(index, what)
+                        index += 1
+                        raise _Restart from e
+                    done.append(index)
                     index += 1
-                    break
-                done.append(index)
-                index += 1
-    return nb
+            return nb
+        except _Restart:
+            continue
 
 
 def _run_cell(client: _Client, cell: NotebookNode, index: int) -> None:

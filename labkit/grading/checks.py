@@ -31,6 +31,8 @@ TIME_SCALE_ENV = "LABKIT_GRADING_TIME_SCALE"
 
 
 GRADING_ENV = "LABKIT_GRADING"  # "1" in the autograder's kernels: a failed check raises
+# Read once, when the autograder's kernel imports this module before any student code runs.
+GRADED = os.environ.get(GRADING_ENV) == "1"
 
 
 class CheckFailed(AssertionError):
@@ -56,7 +58,7 @@ RESULTS: list[CheckResult] = []  # every check run in this process, in order (se
 
 def _interactive() -> bool:
     """True in a student's Jupyter kernel (not under the autograder, not in pytest or a script)."""
-    if os.environ.get(GRADING_ENV) == "1":
+    if GRADED:
         return False
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
@@ -108,7 +110,7 @@ def _fresh_seed(seed: int | None) -> int:
     if seed is not None:
         return int(seed)
     env = os.environ.get(SEED_ENV)
-    if env:
+    if env and not GRADED:  # an answer cell cannot pin the graded inputs through the environment
         return int(env)
     return int.from_bytes(os.urandom(4), "little")
 
