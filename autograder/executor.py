@@ -35,7 +35,7 @@ from typing import Any
 import nbformat
 from nbformat.notebooknode import NotebookNode
 
-from autograder import sandbox
+from autograder import confine, sandbox
 
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
 HIDDEN_END = "### END HIDDEN TESTS"
@@ -125,6 +125,7 @@ class Limits:
     cell_timeout: float = 600.0  # seconds per cell
     notebook_budget: float = 1800.0  # seconds for the whole notebook, restarts included
     max_output_bytes: int = 1 << 20  # per cell
+    confine: bool = True  # judge test cells in the grading process (autograder/confine.py)
     policy: sandbox.Policy = dataclasses.field(default_factory=sandbox.Policy)
 
     def __post_init__(self) -> None:
@@ -181,13 +182,18 @@ class _Client:
         self._start = dict(env=env, cwd=str(scratch), stdout=log_file, stderr=log_file,
                            preexec_fn=sandbox.limits(limits.policy))  # fmt: skip
         self._ctx = None
+        self._scratch, self._uid, self._timeout = scratch, uid, limits.cell_timeout
 
     def __enter__(self) -> _Client:
         self._ctx = self.client.setup_kernel(**self._start)
         self._ctx.__enter__()
+        self.link = confine.Link(self.client.km, self._scratch, self._uid, self._timeout)
+        self.remote = confine.Remote(self.link)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if getattr(self, "link", None) is not None:
+            self.link.close()
         try:
             self._ctx.__exit__(None, None, None)
         except Exception:
@@ -282,6 +288,7 @@ def execute(
     done: list[int] = []  # cells that ran without killing the kernel, in order (replayed on a restart)
     cells, index = nb.cells, 0
     retried: set[int] = set()  # cells during which the kernel died once: a second death is theirs
+    trusted = confine.Trusted()  # the grading process's namespace for this notebook's test cells
 
     def broke(i: int, what: str) -> None:
         log.warning("cell %d: %s", i, what)
@@ -292,8 +299,11 @@ def execute(
     while True:
         try:
             with _Client(nb, scratch, course_root, limits, env, log_file) as client:
-                client.run(nbformat.v4.new_code_cell(PRELUDE), -1, PRELUDE)
+                prelude = PRELUDE + (confine.kernel_prelude() if limits.confine else "")
+                client.run(nbformat.v4.new_code_cell(prelude), -1, prelude)
                 for i in list(done):  # after a restart: the cells that ran before, outputs kept
+                    if limits.confine and is_test_cell(cells[i]):
+                        continue  # judged here, never run in the kernel
                     saved = copy.deepcopy(cells[i].outputs)
                     try:
                         client.run(cells[i], i, cells[i].source)
@@ -318,7 +328,12 @@ def execute(
                                 broke(i, f"not run: the notebook used its {limits.notebook_budget:g} s")
                         return nb
                     try:
-                        _run_cell(client, cell, index)
+                        _run_cell(client, cell, index, trusted if limits.confine else None, log)
+                    except _Stuck as e:  # the test cell has its verdict; its call never came back
+                        log.warning("cell %d: the student's code did not return; restarting the kernel", index)
+                        done.append(index)
+                        index += 1
+                        raise _Restart from e
                     except Exception as e:  # the kernel died or the cell ran past its time: restart
                         what = _fatal(e, limits)
                         if what is None:
@@ -336,16 +351,55 @@ def execute(
             continue
 
 
-def _run_cell(client: _Client, cell: NotebookNode, index: int) -> None:
+class _Stuck(Exception):
+    """A test cell judged here left the kernel busy in a call that never returned."""
+
+
+def _is_setup_cell(cell: NotebookNode) -> bool:
+    m = _meta(cell)
+    return cell.cell_type == "code" and bool(m.get("locked")) and not m.get("grade") and not m.get("solution")
+
+
+def _judge_here(client: _Client, trusted: confine.Trusted, source: str) -> list[NotebookNode]:
+    """Run one part of a test cell in the grading process; its outputs."""
+    printed, error = trusted.run(source, client.remote)
+    outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed)] if printed else []
+    if error is not None:
+        outputs.append(error_output(type(error).__name__, str(error)))
+    return outputs
+
+
+def _run_part(client, cell, index, source, trusted, log) -> list[NotebookNode]:
+    if trusted is None or not trusted.ok:
+        cell.metadata.setdefault("labkit", {})["confined"] = False
+        return client.run(cell, index, source)
+    try:
+        outputs = _judge_here(client, trusted, source)
+    except confine.KernelStuck:
+        outputs = [error_output("CheckFailed", "the student's code did not return")]
+    except confine.wire.Unsendable as e:  # the test passes something the kernel cannot receive
+        log.warning("cell %d judged in the kernel: %s", index, e)
+        cell.metadata.setdefault("labkit", {})["confined"] = False
+        return client.run(cell, index, source)
+    cell.metadata.setdefault("labkit", {}).setdefault("confined", True)
+    return outputs
+
+
+def _run_cell(client: _Client, cell: NotebookNode, index: int, trusted, log) -> None:
     if not is_test_cell(cell):
         client.run(cell, index, cell.source)
+        if trusted is not None and _is_setup_cell(cell) and index not in trusted.done:
+            trusted.done.add(index)
+            trusted.setup_run(cell.source, client.remote)
         return
     visible, hidden = split_test(cell.source)
-    outputs = _clean_test_outputs(client.run(cell, index, visible))
+    outputs = _clean_test_outputs(_run_part(client, cell, index, visible, trusted, log))
     failed = "visible" if _message(outputs) else None
-    if failed is None and hidden.strip():
-        more = _clean_test_outputs(client.run(cell, index, hidden))
+    if failed is None and hidden.strip() and not client.link.stuck:
+        more = _clean_test_outputs(_run_part(client, cell, index, hidden, trusted, log))
         outputs += more
         failed = "hidden" if _message(more) else None
     cell.outputs = outputs
-    cell.metadata["labkit"] = {"failed": failed, "message": _message(outputs)}
+    cell.metadata.setdefault("labkit", {}).update(failed=failed, message=_message(outputs))
+    if client.link.stuck:
+        raise _Stuck

@@ -243,10 +243,17 @@ def _python_functions(target: Any) -> list[types.FunctionType]:
     return found
 
 
+# Labels ("module.qualname") of what the active guards forbid: a check whose student code runs in
+# another process (the autograder's sandboxed kernel) sends them there, to be guarded on that side.
+ACTIVE_LABELS: list[str] = []
+
+
 class Guard:
     """While active, calling any of `targets` raises _Delegated and records it."""
 
     def __init__(self, targets: Iterable[Any]) -> None:
+        targets = list(targets)
+        self.labels = [_label(t) for t in targets]
         self.funcs: list[tuple[types.FunctionType, str]] = []
         seen: set[int] = set()
         for t in targets:
@@ -258,6 +265,7 @@ class Guard:
         self._saved: list[tuple[types.FunctionType, types.CodeType]] = []
 
     def __enter__(self) -> Guard:
+        ACTIVE_LABELS.extend(self.labels)
         for f, label in self.funcs:
             code = f.__code__
             f.__code__ = _tripwire_code(label, len(code.co_freevars))
@@ -265,6 +273,7 @@ class Guard:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        del ACTIVE_LABELS[len(ACTIVE_LABELS) - len(self.labels) :]
         while self._saved:
             f, code = self._saved.pop()
             f.__code__ = code
@@ -313,6 +322,8 @@ def reference_call(fn: Callable[[], Any]) -> Outcome:
 
 def where_raised(err: BaseException) -> str:
     """'line 5 in merge: `ids[i + 1]`' for the innermost frame outside this module, or ''."""
+    if getattr(err, "labkit_where", ""):  # raised in another process, which said where
+        return err.labkit_where
     frames = [f for f in traceback.extract_tb(err.__traceback__) if not _is_grader_file(f.filename)]
     if not frames:
         return ""
