@@ -40,7 +40,7 @@ def _labkit_server():
     import json as _json, traceback as _tb
     _w = {"__name__": "labkit_wire"}
     exec(compile(_WIRE_SOURCE, "<labkit wire>", "exec"), _w)
-    ns, handles = get_ipython().user_ns, {}
+    ns, handles, _MISSING = get_ipython().user_ns, {}, object()
 
     def params(obj):
         import inspect
@@ -92,9 +92,19 @@ def _labkit_server():
                 args, kwargs = dec(r["args"]), dec(r["kwargs"])
                 from labkit.grading import sandbox as _sb
                 forbidden = [o for o in map(resolve, r.get("forbid", [])) if o is not None]
+                patched = {k: resolve(v) for k, v in r.get("patch", {}).items()}
+                saved = {k: ns.get(k, _MISSING) for k, v in patched.items() if v is not None}
                 _sb._TRIPPED.clear()
-                with _sb.Guard(forbidden):
-                    value = fn(*args, **kwargs)
+                try:
+                    ns.update({k: patched[k] for k in saved})
+                    with _sb.Guard(forbidden):
+                        value = fn(*args, **kwargs)
+                finally:
+                    for k, v in saved.items():
+                        if v is _MISSING:
+                            ns.pop(k, None)
+                        else:
+                            ns[k] = v
                 if _sb._TRIPPED:  # a tripwire fired and the student's code swallowed it
                     raise _sb._Delegated(_sb._TRIPPED[0])
                 same = [i for i, a in enumerate(args) if a is value]
@@ -195,6 +205,10 @@ class Remote:
 
     def __init__(self, link: Link) -> None:
         self.link = link
+        # {name: "module.qualname"}: labkit functions a test cell bound to a global name (e.g. with
+        # mock.patch.dict(globals(), merge=lt.merge)) so that the student's code uses the reference's
+        # helper instead of their own; the kernel binds the same names during each call.
+        self.patches = lambda: {}
 
     def _handle(self, key: int, info: dict) -> Any:
         return RemoteObject(self, key, str(info.get("type", "object")), bool(info.get("callable")))
@@ -214,7 +228,7 @@ class Remote:
         from labkit.grading.sandbox import ACTIVE_LABELS
 
         payload = {"op": "call", **target, "args": self.encode(tuple(args)), "kwargs": self.encode(dict(kwargs)),
-                   "forbid": list(dict.fromkeys(ACTIVE_LABELS))}  # fmt: skip
+                   "forbid": list(dict.fromkeys(ACTIVE_LABELS)), "patch": self.patches()}  # fmt: skip
         reply = self.link.request(payload)
         if "error" in reply:
             raise _exception(reply)
@@ -353,10 +367,24 @@ class Trusted:
         self.ns: dict[str, Any] = {"__name__": "__main__"}
         self.ok = True  # False once a set-up cell failed here: later test cells run in the kernel
         self.done: set[int] = set()  # indices of the set-up cells already run here
+        self.current: dict[str, Any] = {}  # the namespace of the test cell being judged
+
+    def begin_cell(self) -> None:
+        """A new test cell: its parts share one namespace; what it defines stays in it."""
+        self.current = dict(self.ns)
+
+    def _patches(self) -> dict[str, str]:
+        out = {}
+        for name, obj in self.current.items():
+            module = getattr(obj, "__module__", None) or ""
+            if callable(obj) and module.startswith("labkit.") and self.ns.get(name) is not obj:
+                out[name] = f"{module}.{getattr(obj, '__qualname__', name)}"
+        return out
 
     def run(self, source: str, remote: Remote) -> tuple[str, BaseException | None]:
         """(what the cell printed, the exception it raised or None); Unsendable propagates."""
-        ns = dict(self.ns)  # what a test cell defines stays in that cell
+        ns = self.current
+        remote.patches = self._patches
         for name in free_names(source):
             if name not in ns:
                 try:

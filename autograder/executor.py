@@ -393,6 +393,8 @@ def _run_cell(client: _Client, cell: NotebookNode, index: int, trusted, log) -> 
             trusted.setup_run(cell.source, client.remote)
         return
     visible, hidden = split_test(cell.source)
+    if trusted is not None:
+        trusted.begin_cell()
     outputs = _clean_test_outputs(_run_part(client, cell, index, visible, trusted, log))
     failed = "visible" if _message(outputs) else None
     if failed is None and hidden.strip() and not client.link.stuck:

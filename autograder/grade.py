@@ -40,7 +40,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from autograder import feedback, sandbox
+from autograder import feedback, sandbox, similarity
 from autograder.course import (
     ASSIGNMENT,
     COURSE_ID,
@@ -73,6 +73,7 @@ class GradeRun:
     skipped: list[str] = field(default_factory=list)  # unchanged since their last grading
     problems: dict[str, str] = field(default_factory=dict)  # student -> what went wrong grading them
     warnings: list[str] = field(default_factory=list)
+    report: Path | None = None  # autograder/reports/similarity.csv: answers for a person to read
 
 
 def submitted_students(root: Path = ROOT) -> list[str]:
@@ -333,6 +334,7 @@ def run(
         export_csv(root)
         result.seconds["export"] = time.perf_counter() - t
     result.scores = read_scores(root)
+    result.report = similarity.write_report(root, students, lambda s: executed_dir(root, s))
     return result
 
 
@@ -387,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result.scores, names))
     for student, problem in sorted(result.problems.items()):
         print(f"note: {problem}; log: {log_path(root, student)}")
+    flagged = len(result.report.read_text().splitlines()) - 1 if result.report else 0
+    print(f"similarity report: {result.report} ({flagged} answer(s) to read: near copies of the reference, "
+          "side doors to it)")
     print(f"grades: {root / GRADES_CSV}\nfeedback: {root / FEEDBACK_DIR}/<student>/{ASSIGNMENT}/*.html")
     return 0
 

@@ -122,3 +122,15 @@ def test_a_second_run_grades_nothing_again(graded_class):
                           capture_output=True, text=True, cwd=course.ROOT, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{len(CORPUS)} unchanged submission(s) not re-graded" in proc.stdout
+
+
+def test_similarity_report_lists_copies_and_side_doors(graded_class):
+    import csv
+
+    root = graded_class[0]
+    rows = list(csv.DictReader(open(root / "autograder" / "reports" / "similarity.csv")))
+    copied = [r for r in rows if r["student"] == "copies-the-reference"]
+    assert copied and float(copied[0]["similarity"]) >= 0.9, rows
+    assert not [r for r in rows if r["student"] == "honest-full"], "an honest answer is flagged"
+    framed = [r for r in rows if r["student"] == "expected-from-stack-frame"]
+    assert framed and "frame inspection" in framed[0]["flags"]

@@ -31,8 +31,9 @@ TIME_SCALE_ENV = "LABKIT_GRADING_TIME_SCALE"
 
 
 GRADING_ENV = "LABKIT_GRADING"  # "1" in the autograder's kernels: a failed check raises
-# Read once, when the autograder's kernel imports this module before any student code runs.
-GRADED = os.environ.get(GRADING_ENV) == "1"
+# Read once, when the autograder's kernel imports this module before any student code runs. nbgrader's
+# own runs (its Validate button, `nbgrader autograde`) set NBGRADER_EXECUTION: failures raise there too.
+GRADED = os.environ.get(GRADING_ENV) == "1" or bool(os.environ.get("NBGRADER_EXECUTION"))
 
 
 class CheckFailed(AssertionError):

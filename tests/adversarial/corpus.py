@@ -248,4 +248,83 @@ CORPUS = [
         scores(0, 2, 0),
         needs_sandbox=True,
     ),  # fmt: skip
+    # --- changing what judges it (the test cells are judged outside the kernel) -------------------
+    Submission(
+        "monkeypatch-checkers",
+        edit(
+            lambda nb, ctx: [
+                setattr(
+                    _cell(nb, "t1-units"),
+                    "source",
+                    "import labkit.grading as lg, labkit.grading.checks as lc\n"
+                    "for m in (g, lg, lc):\n    m.check_function = m.check_value = m.check_class = "
+                    "lambda *a, **k: None\n" + UNITS_WRONG,
+                ),
+                setattr(_cell(nb, "t3-merge"), "source", MERGE_WRONG),
+            ]
+        ),
+        scores(0, 2, 0),
+    ),  # fmt: skip
+    Submission(
+        "input-transformer",  # blanks every test cell before IPython runs it
+        edit(
+            lambda nb, ctx: [
+                setattr(
+                    _cell(nb, "t1-units"),
+                    "source",
+                    "get_ipython().input_transformers_cleanup.append(\n"
+                    "    lambda lines: ['pass\\n'] if any('check_' in l for l in lines) else lines)\n" + UNITS_WRONG,
+                ),
+                setattr(_cell(nb, "t3-merge"), "source", MERGE_WRONG),
+            ]
+        ),
+        scores(0, 2, 0),
+    ),  # fmt: skip
+    Submission(
+        "expected-from-stack-frame",  # looks for the reference's result in its callers' frames
+        answer(
+            "t3-merge",
+            "import inspect\ndef merge(ids, pair, new_id):\n"
+            "    f = inspect.currentframe().f_back\n    while f is not None:\n"
+            "        ref = f.f_locals.get('ref')\n        if getattr(ref, 'value', None) is not None:\n"
+            "            return ref.value\n        f = f.f_back\n    return list(ids)\n",
+        ),
+        scores(1, 2, 0),
+    ),  # fmt: skip
+    Submission(
+        "calls-the-reference",
+        answer(
+            "t3-merge",
+            "from labkit import tokenizer\ndef merge(ids, pair, new_id):\n"
+            "    return tokenizer.merge(ids, pair, new_id)\n",
+        ),
+        scores(1, 2, 0),
+        says="the reference this task is checked against",
+    ),  # fmt: skip
+    Submission(
+        "pins-the-seed",  # a fixed seed from the environment would let it learn the hidden cases
+        answer("t1-units", "import os\nos.environ['LABKIT_GRADING_SEED'] = '1'\n" + UNITS_WRONG),
+        scores(0, 2, 2),
+    ),  # fmt: skip
+    Submission(
+        "kills-the-link",  # removes the helper the grader calls into the kernel with
+        answer("t2-pairs", PAIRS_OK + "del _labkit_serve\n"),
+        scores(1, 0, 0),
+    ),  # fmt: skip
+    Submission(
+        "copies-the-reference",  # correct, so it scores; the similarity report flags it
+        lambda sol, rel, ctx: answer("t3-merge", _renamed_reference_merge())(sol, rel, ctx),
+        FULL,
+    ),
 ]
+
+
+def _renamed_reference_merge() -> str:
+    import inspect
+
+    from labkit import tokenizer
+
+    source = inspect.getsource(tokenizer.merge)
+    for old, new in (("ids", "seq"), ("pair", "pr"), ("new_id", "token")):
+        source = source.replace(old, new)
+    return source
