@@ -12,8 +12,8 @@ transformer, reading a checker's stack frame, pinning the seed, editing labkit o
 the sandbox anyway) cannot reach any of them.
 
 An argument the kernel cannot receive (a reference function or object passed to the student's code)
-raises `Unsendable`; the cell is then run in the kernel as before (`confined=False` in the cell's
-metadata and in the student's log), which the instructor report lists.
+raises `Unsendable` and sets `Remote.unsendable`; the cell is then run in the kernel as before
+(`confined: false` in the cell's metadata, and a line in the student's log).
 """
 
 from __future__ import annotations
@@ -209,6 +209,7 @@ class Remote:
         # mock.patch.dict(globals(), merge=lt.merge)) so that the student's code uses the reference's
         # helper instead of their own; the kernel binds the same names during each call.
         self.patches = lambda: {}
+        self.unsendable = ""  # set when an argument could not be sent: the cell is judged in the kernel
 
     def _handle(self, key: int, info: dict) -> Any:
         return RemoteObject(self, key, str(info.get("type", "object")), bool(info.get("callable")))
@@ -227,8 +228,13 @@ class Remote:
     def call(self, target: dict, args: tuple, kwargs: dict) -> Any:
         from labkit.grading.sandbox import ACTIVE_LABELS
 
-        payload = {"op": "call", **target, "args": self.encode(tuple(args)), "kwargs": self.encode(dict(kwargs)),
-                   "forbid": list(dict.fromkeys(ACTIVE_LABELS)), "patch": self.patches()}  # fmt: skip
+        try:
+            sent = {"args": self.encode(tuple(args)), "kwargs": self.encode(dict(kwargs))}
+        except wire.Unsendable as e:  # the checks catch every exception: leave a note for the executor
+            self.unsendable = str(e)
+            raise
+        payload = {"op": "call", **target, **sent, "forbid": list(dict.fromkeys(ACTIVE_LABELS)),
+                   "patch": self.patches()}  # fmt: skip
         reply = self.link.request(payload)
         if "error" in reply:
             raise _exception(reply)

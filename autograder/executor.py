@@ -373,12 +373,15 @@ def _run_part(client, cell, index, source, trusted, log) -> list[NotebookNode]:
     if trusted is None or not trusted.ok:
         cell.metadata.setdefault("labkit", {})["confined"] = False
         return client.run(cell, index, source)
+    client.remote.unsendable = ""
     try:
         outputs = _judge_here(client, trusted, source)
     except confine.KernelStuck:
         outputs = [error_output("CheckFailed", "the student's code did not return")]
-    except confine.wire.Unsendable as e:  # the test passes something the kernel cannot receive
-        log.warning("cell %d judged in the kernel: %s", index, e)
+    except confine.wire.Unsendable as e:
+        client.remote.unsendable = str(e)
+    if client.remote.unsendable:  # the test passes something the kernel cannot receive
+        log.warning("cell %d judged in the kernel: %s", index, client.remote.unsendable)
         cell.metadata.setdefault("labkit", {})["confined"] = False
         return client.run(cell, index, source)
     cell.metadata.setdefault("labkit", {}).setdefault("confined", True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import queue
@@ -292,6 +293,7 @@ def run(
     result.skipped = [s for s in students if s not in todo]
     if result.skipped:
         log(f"{len(result.skipped)} unchanged submission(s) not re-graded (--force re-grades them)")
+    counter = itertools.count()
     slots: queue.Queue[int] = queue.Queue()
     for k in range(opts.jobs):
         slots.put(k)
@@ -302,7 +304,8 @@ def run(
             slot = slots.get()
             t0 = time.perf_counter()
             try:
-                problem = _grade_in_subprocess(root, student, Path(tmp) / f"s{slot}-{student}", slot, opts)
+                scratch = Path(tmp) / f"s{slot}-{next(counter)}"  # short: Unix socket paths live under it
+                problem = _grade_in_subprocess(root, student, scratch, slot, opts)
             except Exception as e:  # never let one student stop the run
                 problem = f"grading {student} failed: {type(e).__name__}: {e}"
             finally:
@@ -390,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     for student, problem in sorted(result.problems.items()):
         print(f"note: {problem}; log: {log_path(root, student)}")
     flagged = len(result.report.read_text().splitlines()) - 1 if result.report else 0
-    print(f"similarity report: {result.report} ({flagged} answer(s) to read: near copies of the reference, "
-          "side doors to it)")
+    print(
+        f"similarity report: {result.report} ({flagged} answer(s) to read: near copies of the reference, "
+        "side doors to it)"
+    )
     print(f"grades: {root / GRADES_CSV}\nfeedback: {root / FEEDBACK_DIR}/<student>/{ASSIGNMENT}/*.html")
     return 0
 

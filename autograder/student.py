@@ -56,7 +56,7 @@ def grade_student(root: Path, student: str, scratch: Path, limits: executor.Limi
     stamp = submitted / "timestamp.txt"
     if stamp.is_file():
         shutil.copyfile(stamp, out_dir / "timestamp.txt")
-    for source_path in notebooks(root / SOURCE_DIR / ASSIGNMENT):
+    for k, source_path in enumerate(notebooks(root / SOURCE_DIR / ASSIGNMENT)):
         t = time.perf_counter()
         source = read_notebook(source_path)
         sub = _read_submission(submitted / source_path.name, log)
@@ -68,11 +68,22 @@ def grade_student(root: Path, student: str, scratch: Path, limits: executor.Limi
                     cell.outputs = [executor.error_output("NotSubmitted", "this notebook was not submitted")]
                     cell.metadata["labkit"] = {"failed": "visible", "message": "this notebook was not submitted"}
         else:
-            work = scratch / source_path.stem
+            work = scratch / f"nb{k}"  # short: the kernel's Unix socket paths must fit in 107 bytes
             env = executor.kernel_env(threads, quick, work)
             executor.execute(nb, work, root, limits, env, log, log_file)
         write_notebook(nb, out_dir / source_path.name)
         log.info("%s: graded in %.1f s", source_path.stem, time.perf_counter() - t)
+
+
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGKILL when `make grade` dies (its kernels follow: bwrap --die-with-parent)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notebook-budget", type=float, default=1800.0)
     p.add_argument("--memory-gib", type=float, default=8.0)
     opts = p.parse_args(argv)
+    _die_with_parent()
     uid = UID_BASE + opts.slot if os.geteuid() == 0 and sandbox.bwrap_works() else None
     policy = sandbox.Policy(memory_bytes=int(opts.memory_gib * sandbox.GiB), uid=uid,
                             cpu_s=int(opts.notebook_budget) + 60)  # fmt: skip

@@ -63,12 +63,27 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0) -> Any:
         return enc(x.item())
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         fields = {f.name: enc(getattr(x, f.name)) for f in dataclasses.fields(x)}
-        return {"$dc": type(x).__name__, "fields": fields}
+        label = f"{type(x).__module__}.{type(x).__qualname__}"
+        return {"$dc": type(x).__name__, "type": label, "fields": fields}
     if handles is not None:
         key = len(handles) + 1
         handles[key] = x
         return {"$h": key, "type": type(x).__name__, "callable": callable(x)}
     raise Unsendable(f"a {type(x).__name__} cannot be sent to or from the student's kernel")
+
+
+def _labkit_dataclass(label: str):
+    """The dataclass type `label` names when it is one of labkit's (nothing else is imported)."""
+    import importlib
+
+    module, _, qualname = label.rpartition(".")
+    if not (module == "labkit" or module.startswith("labkit.")) or not qualname.isidentifier():
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        return None
+    return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
 
 
 def decode(data: Any, handle=None) -> Any:
@@ -117,6 +132,12 @@ def decode(data: Any, handle=None) -> Any:
     if "$dc" in data:
         name = str(data["$dc"])
         fields = {str(k): dec(v) for k, v in data["fields"].items()}
+        cls = _labkit_dataclass(str(data.get("type", "")))
+        if cls is not None and set(fields) == {f.name for f in dataclasses.fields(cls)}:
+            obj = object.__new__(cls)  # labkit's own type, with its properties and methods
+            for k, v in fields.items():
+                object.__setattr__(obj, k, v)
+            return obj
         cls = dataclasses.make_dataclass(name if name.isidentifier() else "Received", list(fields))
         return cls(**fields)
     if "$h" in data:
