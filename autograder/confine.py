@@ -40,7 +40,7 @@ def _labkit_server():
     import json as _json, traceback as _tb
     _w = {"__name__": "labkit_wire"}
     exec(compile(_WIRE_SOURCE, "<labkit wire>", "exec"), _w)
-    ns, handles, _MISSING = get_ipython().user_ns, {}, object()
+    ns, handles, memo, _MISSING = get_ipython().user_ns, {}, {}, object()
 
     def params(obj):
         import inspect
@@ -89,7 +89,11 @@ def _labkit_server():
                 fn = ns[r["name"]] if "name" in r else handles[r["h"]]
                 if r.get("attr"):
                     fn = getattr(fn, r["attr"])
-                args, kwargs = dec(r["args"]), dec(r["kwargs"])
+                for key, data in r.get("memo", {}).items():  # big arguments, sent once per object
+                    memo[key] = dec(data)
+                args = tuple(memo[a["$memo"]] if isinstance(a, dict) and "$memo" in a else dec(a)
+                             for a in r["args"])
+                kwargs = dec(r["kwargs"])
                 from labkit.grading import sandbox as _sb
                 forbidden = [o for o in map(resolve, r.get("forbid", [])) if o is not None]
                 patched = {k: resolve(v) for k, v in r.get("patch", {}).items()}
@@ -109,7 +113,8 @@ def _labkit_server():
                     raise _sb._Delegated(_sb._TRIPPED[0])
                 same = [i for i, a in enumerate(args) if a is value]
                 out = {"value": None if same else enc(value), "same_as": same[0] if same else None,
-                       "args": enc(args), "kwargs": enc(kwargs)}
+                       "args": [None if i in r.get("big", []) else enc(a) for i, a in enumerate(args)],
+                       "kwargs": enc(kwargs)}
             elif op == "getattr":
                 v = getattr(handles[r["h"]], r["attr"])
                 out = {"method": True} if callable(v) and not isinstance(v, type) else {"value": enc(v)}
@@ -210,12 +215,30 @@ class Remote:
         # helper instead of their own; the kernel binds the same names during each call.
         self.patches = lambda: {}
         self.unsendable = ""  # set when an argument could not be sent: the cell is judged in the kernel
+        self._memo: dict[int, tuple[Any, str, Any]] = {}  # id(arg) -> (arg, key, encoded)
+        self._sent: dict[str, Any] = {}  # memo keys the kernel already holds
 
     def _handle(self, key: int, info: dict) -> Any:
         return RemoteObject(self, key, str(info.get("type", "object")), bool(info.get("callable")))
 
     def decode(self, data: Any) -> Any:
         return wire.decode(data, self._handle)
+
+    BIG = 1 << 16  # encoded bytes above which an argument is sent once and kept by the kernel
+
+    def _memo_or_encode(self, x: Any) -> Any:
+        """A big container or tensor (a 50,000-entry vocabulary) crosses once per object: the kernel
+        keeps its copy, later calls name it, and it is not sent back (its in-place changes are not
+        checked). Smaller arguments go both ways every call."""
+        if id(x) in self._memo and self._memo[id(x)][0] is x:
+            return {"$memo": self._memo[id(x)][1]}
+        data = self.encode(x)
+        if isinstance(x, (dict, list, set)) or type(x).__name__ == "Tensor":
+            if len(json.dumps(data)) > self.BIG:
+                key = f"m{len(self._memo) + 1}"
+                self._memo[id(x)] = (x, key, data)  # x stays referenced: its id is not reused
+                return {"$memo": key}
+        return data
 
     def encode(self, x: Any) -> Any:
         if isinstance(x, RemoteObject):
@@ -229,16 +252,22 @@ class Remote:
         from labkit.grading.sandbox import ACTIVE_LABELS
 
         try:
-            sent = {"args": self.encode(tuple(args)), "kwargs": self.encode(dict(kwargs))}
+            sent = {"args": [self._memo_or_encode(a) for a in args], "kwargs": self.encode(dict(kwargs))}
         except wire.Unsendable as e:  # the checks catch every exception: leave a note for the executor
             self.unsendable = str(e)
             raise
+        big = [i for i, a in enumerate(args) if id(a) in self._memo]
+        first = {self._memo[id(args[i])][1]: self._memo[id(args[i])][2] for i in big
+                 if self._memo[id(args[i])][1] not in self._sent}  # fmt: skip
+        self._sent.update(first)
+        sent.update(big=big, memo=first)
         payload = {"op": "call", **target, **sent, "forbid": list(dict.fromkeys(ACTIVE_LABELS)),
                    "patch": self.patches()}  # fmt: skip
         reply = self.link.request(payload)
         if "error" in reply:
             raise _exception(reply)
-        _write_back(args, self.decode(reply["args"]))
+        back = [None if v is None else self.decode(v) for v in reply["args"]]
+        _write_back(args, [b if b is not None else a for a, b in zip(args, back)])
         _write_back(kwargs, self.decode(reply["kwargs"]))
         if reply.get("same_as") is not None:
             return args[int(reply["same_as"])]
