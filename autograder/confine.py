@@ -301,6 +301,8 @@ def _write_back(sent: Any, returned: Any) -> None:
 
 def _write_back_one(container: Any, key: Any, new: Any) -> bool:
     old = container[key]
+    if old is new:  # not sent back (a big argument): nothing to copy
+        return True
     if isinstance(old, list) and isinstance(new, list):
         old[:] = new
     elif isinstance(old, dict) and isinstance(new, dict):
