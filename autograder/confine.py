@@ -422,15 +422,13 @@ class Trusted:
         """(what the cell printed, the exception it raised or None); Unsendable propagates."""
         ns = self.current
         remote.patches = self._patches
-        for name in free_names(source):
-            if name not in ns:
-                try:
-                    ns[name] = remote.lookup(name)
-                except NameError:
-                    pass  # the cell raises NameError itself, as it would in the kernel
         printed = io.StringIO()
         error = None
         try:
+            for name in free_names(source):
+                if name not in ns:
+                    with contextlib.suppress(NameError):  # the cell raises NameError itself, as in the kernel
+                        ns[name] = remote.lookup(name)
             with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
                 exec(compile(source, "<test cell>", "exec"), ns)
         except wire.Unsendable:
@@ -445,11 +443,11 @@ class Trusted:
 
     def setup_run(self, source: str, remote: Remote) -> None:
         """A locked set-up cell: run in this namespace itself (its imports and data stay)."""
-        for name in free_names(source):
-            if name not in self.ns:
-                with contextlib.suppress(NameError):
-                    self.ns[name] = remote.lookup(name)
         try:
+            for name in free_names(source):
+                if name not in self.ns:
+                    with contextlib.suppress(NameError):
+                        self.ns[name] = remote.lookup(name)
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 exec(compile(source, "<set-up cell>", "exec"), self.ns)
         except Exception:
