@@ -312,6 +312,33 @@ CORPUS = [
         scores(1, 0, 0),
     ),  # fmt: skip
     Submission(
+        "clones-the-reference-code",  # a new function object around the reference's code object
+        answer(
+            "t3-merge",
+            "import types\nfrom labkit import tokenizer\n"
+            "merge = types.FunctionType(tokenizer.merge.__code__, tokenizer.__dict__, 'merge')\n",
+        ),
+        scores(1, 2, 0),
+        says="the reference this task is checked against",
+    ),  # fmt: skip
+    Submission(
+        "getsource-exec",  # the reference's source compiled again
+        answer("t3-merge", "import inspect\nfrom labkit import tokenizer\nexec(inspect.getsource(tokenizer.merge))\n"),
+        scores(1, 2, 0),
+        says="the reference this task is checked against",
+    ),  # fmt: skip
+    Submission(
+        "second-import",  # a fresh copy of labkit.tokenizer, loaded from its file under another name
+        answer(
+            "t3-merge",
+            "import importlib.util, labkit.tokenizer\n"
+            "spec = importlib.util.spec_from_file_location('tok2', labkit.tokenizer.__file__)\n"
+            "tok2 = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(tok2)\nmerge = tok2.merge\n",
+        ),
+        scores(1, 2, 0),
+        says="the reference this task is checked against",
+    ),  # fmt: skip
+    Submission(
         "copies-the-reference",  # correct, so it scores; the similarity report flags it
         lambda sol, rel, ctx: answer("t3-merge", _renamed_reference_merge())(sol, rel, ctx),
         FULL,
