@@ -1,9 +1,9 @@
 """Run one student's notebook for grading, whatever the notebook does.
 
-`restore(source, submitted)` builds the notebook that is run: every cell of the instructor's
-version (solutions/, hidden tests included) with its metadata, in its order; a solution cell takes
-the student's source of the cell with the same grade_id (a missing one raises NotImplementedError);
-code cells the student added stay after the graded cell they followed. So deleting or editing a
+`restore(source, submitted)` builds the notebook that is run: every cell with nbgrader metadata of
+the instructor's version (solutions/, hidden tests included), with its metadata, in its order; a
+solution cell takes the student's source of the cell with the same grade_id (a missing one raises
+NotImplementedError); the plain cells between them are the student's. So deleting or editing a
 locked or test cell, marking a locked cell as a solution or raising a cell's points changes nothing.
 
 `execute(nb, ...)` runs it cell by cell in a sandboxed kernel (autograder/sandbox.py) and never
@@ -69,33 +69,54 @@ def is_test_cell(cell: NotebookNode) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def restore(source: NotebookNode, submitted: NotebookNode | None) -> NotebookNode:
-    """The instructor's notebook with the student's answers and added code cells put in."""
-    nb = copy.deepcopy(source)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    if submitted is None:  # a notebook not handed in: every answer is missing
-        submitted = nbformat.v4.new_notebook()
-    answers: dict[str, str] = {}
-    added: dict[str, list[NotebookNode]] = {}  # grade_id of the cell they follow ("" = top)
-    known = {_meta(c).get("grade_id") for c in source.cells if _meta(c).get("grade_id")}
+def _segments(nb: NotebookNode, known: set[str]) -> dict[str, list[NotebookNode]]:
+    """{grade_id of the graded/locked/answer cell they follow ("" = top): the plain cells after it}."""
+    out: dict[str, list[NotebookNode]] = {"": []}
     anchor = ""
-    for cell in submitted.get("cells", []):
+    for cell in nb.get("cells", []):
         grade_id = _meta(cell).get("grade_id")
         if grade_id in known:
-            if cell.get("cell_type") == "code" and isinstance(cell.get("source"), str):
-                answers.setdefault(grade_id, cell.source)
             anchor = grade_id
-        elif cell.get("cell_type") == "code" and isinstance(cell.get("source"), str):
-            added.setdefault(anchor, []).append(nbformat.v4.new_code_cell(cell.source))
-    out = [new for new in added.get("", [])]
+            out.setdefault(anchor, [])
+        elif cell.get("cell_type") in ("code", "markdown") and isinstance(cell.get("source"), str):
+            out[anchor].append(cell)
+    return out
+
+
+def restore(source: NotebookNode, submitted: NotebookNode | None) -> NotebookNode:
+    """The instructor's notebook with the student's answers and plain cells put in.
+
+    Cells with nbgrader metadata come from the instructor (answer cells take the student's source);
+    the plain cells between two of them (demos, experiments, the student's own cells) are the
+    student's, as nbgrader keeps them, or the instructor's where the student's copy lost that spot.
+    """
+    nb = copy.deepcopy(source)
+    if submitted is None:  # a notebook not handed in: every answer is missing
+        submitted = nbformat.v4.new_notebook()
+    known = {_meta(c).get("grade_id") for c in source.cells if _meta(c).get("grade_id")}
+    answers: dict[str, str] = {}
+    for cell in submitted.get("cells", []):
+        grade_id = _meta(cell).get("grade_id")
+        if grade_id in known and cell.get("cell_type") == "code" and isinstance(cell.get("source"), str):
+            answers.setdefault(grade_id, cell.source)
+    theirs, ours = _segments(submitted, known), _segments(source, known)
+
+    def plain(anchor: str) -> list[NotebookNode]:
+        cells = theirs[anchor] if anchor in theirs else ours.get(anchor, [])
+        make = {"code": nbformat.v4.new_code_cell, "markdown": nbformat.v4.new_markdown_cell}
+        return [make[c["cell_type"]](c["source"]) for c in cells]
+
+    out = plain("")
     for cell in nb.cells:
         m = _meta(cell)
-        if m.get("solution") and cell.cell_type == "code":
-            cell.source = answers.get(m["grade_id"], MISSING_ANSWER)
+        if m.get("grade_id") not in known:
+            continue  # a plain cell: the segment's owner decides (above)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+            if m.get("solution"):
+                cell.source = answers.get(m["grade_id"], MISSING_ANSWER)
         out.append(cell)
-        out += added.get(m.get("grade_id", None) or "\0", [])
+        out += plain(m["grade_id"])
     nb.cells = out
     return nb
 
