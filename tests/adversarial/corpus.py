@@ -339,9 +339,9 @@ CORPUS = [
         says="the reference this task is checked against",
     ),  # fmt: skip
     Submission(
-        "copies-the-reference",  # correct, so it scores; the similarity report flags it
+        "copies-the-reference",  # renamed variables, same bytecode: caught when it runs, and reported
         lambda sol, rel, ctx: answer("t3-merge", _renamed_reference_merge())(sol, rel, ctx),
-        FULL,
+        scores(1, 2, 0), says="(a copy of it)",
     ),
 ]
 
