@@ -179,8 +179,11 @@ class Options:
 
     @property
     def threads(self) -> int:
-        """Torch/OpenMP threads per kernel: the cores split over the workers."""
-        return max(1, (os.cpu_count() or 1) // self.jobs)
+        """Torch/OpenMP threads per kernel: the cores split over the workers, and no more than the
+        grader's own OMP_NUM_THREADS when set (a shared machine: busy-waiting threads crawl)."""
+        share = max(1, (os.cpu_count() or 1) // self.jobs)
+        cap = os.environ.get("OMP_NUM_THREADS", "")
+        return min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share
 
 
 def _grade_in_subprocess(root: Path, student: str, scratch: Path, slot: int, opts: Options) -> str:
