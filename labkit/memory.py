@@ -28,38 +28,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 __all__ = [
-    "DTYPE_BITS",
-    "GPUS",
-    "PRESETS",
-    "UNITS",
-    "Footprint",
-    "GPUSpec",
-    "ModelShape",
-    "StepBound",
-    "TableRow",
-    "attention_dot_products",
-    "corrected_table_13b",
-    "decode_step_bound",
-    "dtype_bytes",
-    "embedding_bytes",
-    "embedding_fraction",
-    "format_bytes",
-    "format_table",
-    "forward_flops",
-    "get_gpu",
-    "get_preset",
-    "gpus_needed",
-    "inference_activation_bytes",
-    "inference_footprint",
-    "kv_cache_budget",
-    "kv_cache_bytes",
-    "kv_cache_bytes_per_token",
-    "lab_table_13b",
-    "max_num_seqs",
-    "prefill_bound",
-    "token_forwards",
-    "training_activation_bytes",
-    "training_footprint",
+    "DTYPE_BITS", "GPUS", "PRESETS", "UNITS", "Footprint", "GPUSpec", "ModelShape", "StepBound", "TableRow",
+    "attention_dot_products", "corrected_table_13b", "decode_step_bound", "dtype_bytes",
+    "embedding_bytes", "embedding_fraction", "format_bytes", "format_table", "forward_flops",
+    "get_gpu", "get_preset", "gpus_needed", "inference_activation_bytes", "inference_footprint",
+    "kv_cache_budget", "kv_cache_bytes", "kv_cache_bytes_per_token", "lab_table_13b", "max_num_seqs",
+    "prefill_bound", "token_forwards", "training_activation_bytes", "training_footprint",
     "weight_bytes",
 ]
 
@@ -68,14 +42,8 @@ __all__ = [
 
 UNITS: dict[str, int] = {
     "B": 1,
-    "kB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,  # decimal (SI): what datasheets print
-    "KiB": 2**10,
-    "MiB": 2**20,
-    "GiB": 2**30,
-    "TiB": 2**40,  # binary (IEC): what allocators count
+    "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,  # decimal (SI): what datasheets print
+    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,  # binary (IEC): what allocators count
 }
 _DECIMAL = ("B", "kB", "MB", "GB", "TB")
 _BINARY = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -83,16 +51,8 @@ _BINARY = ("B", "KiB", "MiB", "GiB", "TiB")
 # Storage bits per element. int4 is half a byte; per-group scales are added by `weight_bytes`.
 DTYPE_BITS: dict[str, int] = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": 4}
 _DTYPE_ALIASES = {
-    "float32": "fp32",
-    "float": "fp32",
-    "float16": "fp16",
-    "half": "fp16",
-    "bfloat16": "bf16",
-    "float8": "fp8",
-    "float8_e4m3fn": "fp8",
-    "float8_e5m2": "fp8",
-    "uint8": "int8",
-    "uint4": "int4",
+    "float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
+    "float8": "fp8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8", "uint8": "int8", "uint4": "int4",
 }
 
 
@@ -189,29 +149,20 @@ class ModelShape:
     qk_norm: bool = False  # RMSNorm on each query and key head (Qwen3)
 
     def __post_init__(self) -> None:
-        for f in (
-            "num_hidden_layers",
-            "hidden_size",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "intermediate_size",
-            "vocab_size",
-            "max_position_embeddings",
-        ):
+        for f in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                  "intermediate_size", "vocab_size", "max_position_embeddings"):
             _check_int(f, getattr(self, f))
         if self.arch not in _ARCHS:
             raise ValueError(f"arch must be one of {_ARCHS}, got {self.arch!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_key_value_heads={self.num_key_value_heads} must divide num_attention_heads="
-                f"{self.num_attention_heads} (each KV head serves a whole group of query heads)"
-            )
+                f"{self.num_attention_heads} (each KV head serves a whole group of query heads)")
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(
                     f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                    f"{self.num_attention_heads}: pass head_dim explicitly"
-                )
+                    f"{self.num_attention_heads}: pass head_dim explicitly")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         _check_int("head_dim", self.head_dim)
 
@@ -271,8 +222,7 @@ class ModelShape:
             return _shape_from_llama(get, name, model_type)
         raise ValueError(
             f"model_type {model_type!r} is not supported: use a GPT-2 config or one of "
-            f"{sorted(_LLAMA_FAMILY)}, or build ModelShape(...) by hand"
-        )
+            f"{sorted(_LLAMA_FAMILY)}, or build ModelShape(...) by hand")
 
 
 _LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2"}
@@ -287,57 +237,46 @@ def _config_getter(config: Any):
 def _shape_from_gpt2(get, name: str) -> ModelShape:
     h = get("n_embd")
     return ModelShape(
-        name=name,
-        arch="gpt2",
-        num_hidden_layers=get("n_layer"),
-        hidden_size=h,
-        num_attention_heads=get("n_head"),
-        num_key_value_heads=get("n_head"),
-        intermediate_size=get("n_inner") or 4 * h,
-        vocab_size=get("vocab_size"),
+        name=name, arch="gpt2", num_hidden_layers=get("n_layer"), hidden_size=h,
+        num_attention_heads=get("n_head"), num_key_value_heads=get("n_head"),
+        intermediate_size=get("n_inner") or 4 * h, vocab_size=get("vocab_size"),
         tie_word_embeddings=bool(get("tie_word_embeddings", True)),
-        max_position_embeddings=get("n_positions", 1024),
-    )
+        max_position_embeddings=get("n_positions", 1024))
 
 
 def _shape_from_llama(get, name: str, model_type: str) -> ModelShape:
     heads = get("num_attention_heads")
     attention_bias = bool(get("attention_bias", False))
     return ModelShape(
-        name=name,
-        arch="llama",
-        num_hidden_layers=get("num_hidden_layers"),
-        hidden_size=get("hidden_size"),
-        num_attention_heads=heads,
-        num_key_value_heads=get("num_key_value_heads") or heads,
-        head_dim=get("head_dim"),
-        intermediate_size=get("intermediate_size"),
-        vocab_size=get("vocab_size"),
+        name=name, arch="llama", num_hidden_layers=get("num_hidden_layers"),
+        hidden_size=get("hidden_size"), num_attention_heads=heads,
+        num_key_value_heads=get("num_key_value_heads") or heads, head_dim=get("head_dim"),
+        intermediate_size=get("intermediate_size"), vocab_size=get("vocab_size"),
         tie_word_embeddings=bool(get("tie_word_embeddings", False)),
         max_position_embeddings=get("max_position_embeddings", 2048),
         qkv_bias=attention_bias or model_type == "qwen2",  # Qwen2 always has q, k, v biases
-        o_bias=attention_bias,
-        mlp_bias=bool(get("mlp_bias", False)),
-        qk_norm=model_type == "qwen3",
-    )
+        o_bias=attention_bias, mlp_bias=bool(get("mlp_bias", False)), qk_norm=model_type == "qwen3")
 
 
 # Values from each model's published config.json (checked against the hub files' contents).
 PRESETS: dict[str, ModelShape] = {
     # openai-community/gpt2: n_layer 12, n_embd 768, n_head 12, n_inner null (4*768), vocab 50257,
     # n_positions 1024, tied. 124,439,808 parameters.
-    "gpt2": ModelShape("gpt2", 12, 768, 12, 12, 3072, 50257, True, arch="gpt2", max_position_embeddings=1024),
+    "gpt2": ModelShape("gpt2", 12, 768, 12, 12, 3072, 50257, True, arch="gpt2",
+                       max_position_embeddings=1024),
     # meta-llama/Llama-2-13b-hf: 40 layers, hidden 5120, 40 heads (MHA), MLP 13824, vocab 32000.
-    "llama-2-13b": ModelShape("llama-2-13b", 40, 5120, 40, 40, 13824, 32000, False, max_position_embeddings=4096),
+    "llama-2-13b": ModelShape("llama-2-13b", 40, 5120, 40, 40, 13824, 32000, False,
+                              max_position_embeddings=4096),
     # meta-llama/Meta-Llama-3-8B: 32 layers, hidden 4096, 32 heads, 8 KV heads, MLP 14336, vocab 128256.
-    "llama-3-8b": ModelShape("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, False, max_position_embeddings=8192),
+    "llama-3-8b": ModelShape("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, False,
+                             max_position_embeddings=8192),
     # HuggingFaceTB/SmolLM2-135M: 30 layers, hidden 576, 9 heads, 3 KV heads, MLP 1536, vocab 49152, tied.
-    "smollm2-135m": ModelShape("smollm2-135m", 30, 576, 9, 3, 1536, 49152, True, max_position_embeddings=8192),
+    "smollm2-135m": ModelShape("smollm2-135m", 30, 576, 9, 3, 1536, 49152, True,
+                               max_position_embeddings=8192),
     # Qwen/Qwen3-0.6B: 28 layers, hidden 1024, 16 heads, 8 KV heads, head_dim 128 (so q is 2048 wide,
     # wider than hidden), MLP 3072, vocab 151936, tied, q/k RMSNorm.
-    "qwen3-0.6b": ModelShape(
-        "qwen3-0.6b", 28, 1024, 16, 8, 3072, 151936, True, head_dim=128, max_position_embeddings=40960, qk_norm=True
-    ),
+    "qwen3-0.6b": ModelShape("qwen3-0.6b", 28, 1024, 16, 8, 3072, 151936, True, head_dim=128,
+                             max_position_embeddings=40960, qk_norm=True),
 }
 
 
@@ -368,9 +307,8 @@ def embedding_fraction(shape: ModelShape | str) -> float:
     return shape.param_counts()["embedding"] / shape.num_params
 
 
-def weight_bytes(
-    params: ModelShape | str | int, dtype: Any = "fp16", *, group_size: int | None = None, scale_bytes: float = 2
-) -> int:
+def weight_bytes(params: ModelShape | str | int, dtype: Any = "fp16", *, group_size: int | None = None,
+                 scale_bytes: float = 2) -> int:
     """Bytes to store `params` (a count, a shape or a preset name) in `dtype`.
 
     Quantized formats store one scale (and maybe a zero point or minimum) per group of
@@ -380,11 +318,8 @@ def weight_bytes(
     (18 bytes per 32), Q4_1 adds an fp16 minimum (20 bytes per 32), Q8_0 is int8 + fp16 scale
     (34 bytes per 32). Every tensor is quantized alike here; many tools keep embeddings in fp16.
     """
-    n = (
-        params.num_params
-        if isinstance(params, ModelShape)
-        else (_shape(params).num_params if isinstance(params, str) else _check_int("num_params", params))
-    )
+    n = params.num_params if isinstance(params, ModelShape) else (
+        _shape(params).num_params if isinstance(params, str) else _check_int("num_params", params))
     payload = n * dtype_bytes(dtype)
     if group_size is None:
         return math.ceil(payload)
@@ -439,7 +374,8 @@ GPUS: dict[str, GPUSpec] = {
     # Datasheet: 141 GB; nvidia-smi on this project's H200 machines shows 143,771 MiB (used here).
     # Measured there: ~4.3 TB/s device-to-device copy, ~790 TFLOP/s bf16 matmul (8192^3, random data).
     "H200": GPUSpec("H200", 143_771 * 2**20, 4.8e12, 989.4e12, "SXM, HBM3e; same compute as H100-SXM"),
-    "RTX-4090": GPUSpec("RTX-4090", 24 * 2**30, 1.008e12, 165.2e12, "GDDR6X; Ada whitepaper, fp32 accumulate"),
+    "RTX-4090": GPUSpec("RTX-4090", 24 * 2**30, 1.008e12, 165.2e12,
+                        "GDDR6X; Ada whitepaper, fp32 accumulate"),
     # Not a datasheet: a typical laptop (dual-channel DDR5, a few CPU cores). Measure your own.
     "laptop-cpu": GPUSpec("laptop-cpu", 16 * 2**30, 60e9, 1e12, "illustrative, not a datasheet"),
 }
@@ -463,14 +399,8 @@ def gpus_needed(total_bytes: int, gpu: GPUSpec | str) -> int:
     return math.ceil(total_bytes / get_gpu(gpu).memory_bytes)
 
 
-def kv_cache_budget(
-    shape: ModelShape | str,
-    gpu: GPUSpec | str,
-    *,
-    gpu_memory_utilization: float = 0.9,
-    weight_dtype: Any = "bf16",
-    activation_bytes: int = 0,
-) -> int:
+def kv_cache_budget(shape: ModelShape | str, gpu: GPUSpec | str, *, gpu_memory_utilization: float = 0.9,
+                    weight_dtype: Any = "bf16", activation_bytes: int = 0) -> int:
     """Bytes left for the KV cache: utilization x GPU memory - weights - activation peak (vLLM's rule)."""
     gpu = get_gpu(gpu)
     usable = int(_check_fraction("gpu_memory_utilization", gpu_memory_utilization) * gpu.memory_bytes)
@@ -480,29 +410,16 @@ def kv_cache_budget(
         raise ValueError(
             f"{_shape(shape).name} weights in {weight_dtype} ({format_bytes(weights)}) plus activations "
             f"do not fit in {gpu_memory_utilization:.0%} of {gpu.name} ({format_bytes(usable)}): use a "
-            "smaller dtype, a bigger GPU or a higher gpu_memory_utilization"
-        )
+            "smaller dtype, a bigger GPU or a higher gpu_memory_utilization")
     return budget
 
 
-def max_num_seqs(
-    shape: ModelShape | str,
-    gpu: GPUSpec | str,
-    seq_len: int,
-    *,
-    gpu_memory_utilization: float = 0.9,
-    weight_dtype: Any = "bf16",
-    kv_dtype: Any = "bf16",
-    activation_bytes: int = 0,
-) -> int:
+def max_num_seqs(shape: ModelShape | str, gpu: GPUSpec | str, seq_len: int, *,
+                 gpu_memory_utilization: float = 0.9, weight_dtype: Any = "bf16", kv_dtype: Any = "bf16",
+                 activation_bytes: int = 0) -> int:
     """How many sequences of `seq_len` tokens fit in the KV budget (whole-length, no sharing)."""
-    budget = kv_cache_budget(
-        shape,
-        gpu,
-        gpu_memory_utilization=gpu_memory_utilization,
-        weight_dtype=weight_dtype,
-        activation_bytes=activation_bytes,
-    )
+    budget = kv_cache_budget(shape, gpu, gpu_memory_utilization=gpu_memory_utilization,
+                             weight_dtype=weight_dtype, activation_bytes=activation_bytes)
     return budget // kv_cache_bytes(shape, seq_len, 1, kv_dtype)
 
 
@@ -513,7 +430,8 @@ _RECOMPUTE = ("none", "selective", "full")
 _OPTIMIZER_BYTES = {"adam": 8, "sgd_momentum": 4, "sgd": 0}  # fp32 states per parameter
 
 
-def training_activation_bytes(shape: ModelShape | str, batch_size: int, seq_len: int, recompute: str = "none") -> int:
+def training_activation_bytes(shape: ModelShape | str, batch_size: int, seq_len: int,
+                              recompute: str = "none") -> int:
     """Activations kept for the backward pass, from Korthikanti et al. 2022, "Reducing Activation
     Recomputation in Large Transformer Models" (arXiv:2205.05198), with 16-bit activations, no
     tensor/sequence parallelism, summed over layers:
@@ -539,7 +457,8 @@ def training_activation_bytes(shape: ModelShape | str, batch_size: int, seq_len:
     return L * per_layer
 
 
-def inference_activation_bytes(shape: ModelShape | str, batch_size: int, seq_len: int, act_dtype: Any = "fp16") -> int:
+def inference_activation_bytes(shape: ModelShape | str, batch_size: int, seq_len: int,
+                               act_dtype: Any = "fp16") -> int:
     """Peak transient activations of one forward pass over `batch_size` x `seq_len` new tokens.
 
     Nothing is kept across layers, so the peak is one layer's working set: the residual stream and
@@ -572,16 +491,9 @@ class Footprint:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def training_footprint(
-    shape: ModelShape | str,
-    batch_size: int = 1,
-    seq_len: int = 2048,
-    *,
-    param_dtype: Any = "bf16",
-    master_weights: bool = True,
-    optimizer: str = "adam",
-    recompute: str = "none",
-) -> Footprint:
+def training_footprint(shape: ModelShape | str, batch_size: int = 1, seq_len: int = 2048, *,
+                       param_dtype: Any = "bf16", master_weights: bool = True, optimizer: str = "adam",
+                       recompute: str = "none") -> Footprint:
     """Memory of one data-parallel replica training with Adam in mixed precision (no sharding).
 
     Per parameter (Micikevicius et al. 2018 "Mixed Precision Training"; Rajbhandari et al. 2020
@@ -602,16 +514,9 @@ def training_footprint(
     )
 
 
-def inference_footprint(
-    shape: ModelShape | str,
-    batch_size: int = 1,
-    seq_len: int = 2048,
-    *,
-    weight_dtype: Any = "fp16",
-    kv_dtype: Any = "fp16",
-    group_size: int | None = None,
-    scale_bytes: float = 2,
-) -> Footprint:
+def inference_footprint(shape: ModelShape | str, batch_size: int = 1, seq_len: int = 2048, *,
+                        weight_dtype: Any = "fp16", kv_dtype: Any = "fp16", group_size: int | None = None,
+                        scale_bytes: float = 2) -> Footprint:
     """Weights (any dtype, see `weight_bytes`), KV cache for batch_size x seq_len tokens, and the
     peak transient activations of a prefill of that size (`inference_activation_bytes`)."""
     s_ = _shape(shape)
@@ -651,49 +556,23 @@ def lab_table_13b() -> list[TableRow]:
     lab_optimizer = 4 * n  # 52 GB: what the lab printed
     act = (40 * 10**9, 80 * 10**9)
     return [
-        TableRow(
-            "Weights",
-            fp16,
-            fp16,
-            int4,
-            "right: 13e9 x 2 bytes = 26 GB; x 0.5 bytes = 6.5 GB (int4 before per-group scales)",
-        ),
+        TableRow("Weights", fp16, fp16, int4, "right: 13e9 x 2 bytes = 26 GB; x 0.5 bytes = 6.5 GB "
+                 "(int4 before per-group scales)"),
         TableRow("Gradients", fp16, 0, 0, "right: one 16-bit gradient per parameter"),
-        TableRow(
-            "Optimizer states",
-            lab_optimizer,
-            0,
-            0,
-            "wrong: Adam keeps m and v in fp32, 8 bytes/param "
-            "= 104 GB (the lab's own diagram says 8 bytes/param), plus a 52 GB fp32 master copy",
-        ),
-        TableRow(
-            "Activations",
-            act,
-            (0, 10**9),
-            (0, 10**9),
-            "depends on batch and sequence length: see training_activation_bytes / inference_activation_bytes",
-        ),
+        TableRow("Optimizer states", lab_optimizer, 0, 0, "wrong: Adam keeps m and v in fp32, 8 bytes/param "
+                 "= 104 GB (the lab's own diagram says 8 bytes/param), plus a 52 GB fp32 master copy"),
+        TableRow("Activations", act, (0, 10**9), (0, 10**9), "depends on batch and sequence length: "
+                 "see training_activation_bytes / inference_activation_bytes"),
         TableRow("KV cache", None, "dynamic", "dynamic", "grows with batch x tokens: kv_cache_bytes"),
-        TableRow(
-            "Total",
-            fp16 + fp16 + lab_optimizer + act[0],
-            "26 GB + cache",
-            "6.5 GB + cache",
-            "the training total inherits the optimizer error: 16 bytes/param = 208 GB before activations",
-        ),
+        TableRow("Total", fp16 + fp16 + lab_optimizer + act[0], "26 GB + cache", "6.5 GB + cache",
+                 "the training total inherits the optimizer error: 16 bytes/param = 208 GB "
+                 "before activations"),
         TableRow("Hardware", "8x H100 (80GB)", "1x H100 (80GB)", "1x RTX 4090 (24GB)", ""),
     ]
 
 
-def corrected_table_13b(
-    shape: ModelShape | str = "llama-2-13b",
-    batch_size: int = 1,
-    seq_len: int = 2048,
-    *,
-    recompute: str = "none",
-    int4_group_size: int | None = 128,
-) -> list[TableRow]:
+def corrected_table_13b(shape: ModelShape | str = "llama-2-13b", batch_size: int = 1, seq_len: int = 2048,
+                        *, recompute: str = "none", int4_group_size: int | None = 128) -> list[TableRow]:
     """The §2.3 table recomputed for a real 13B shape (Llama-2-13B: 13,015,864,320 parameters).
 
     Training: mixed-precision Adam (16 bytes/param, `training_footprint`) with activations for
@@ -714,22 +593,13 @@ def corrected_table_13b(
         TableRow("Gradients", train.gradients, 0, 0, "bf16, one per parameter"),
         TableRow("fp32 master weights", train.master_weights, 0, 0, "4 bytes/param, kept by mixed precision"),
         TableRow("Optimizer states", train.optimizer_states, 0, 0, "Adam m and v in fp32: 8 bytes/param"),
-        TableRow(
-            "Activations",
-            train.activations,
-            inf16.activations,
-            inf4.activations,
-            f"batch {batch_size} x {seq_len} tokens; training recompute={recompute!r}",
-        ),
-        TableRow("KV cache", None, inf16.kv_cache, inf4.kv_cache, f"batch {batch_size} x {seq_len} tokens, fp16"),
+        TableRow("Activations", train.activations, inf16.activations, inf4.activations,
+                 f"batch {batch_size} x {seq_len} tokens; training recompute={recompute!r}"),
+        TableRow("KV cache", None, inf16.kv_cache, inf4.kv_cache,
+                 f"batch {batch_size} x {seq_len} tokens, fp16"),
         TableRow("Total", train.total, inf16.total, inf4.total, ""),
-        TableRow(
-            "Hardware (memory only)",
-            hw(train.total, "H100-SXM"),
-            hw(inf16.total, "H100-SXM"),
-            hw(inf4.total, "RTX-4090"),
-            "fewest GPUs whose memory sums to the total",
-        ),
+        TableRow("Hardware (memory only)", hw(train.total, "H100-SXM"), hw(inf16.total, "H100-SXM"),
+                 hw(inf4.total, "RTX-4090"), "fewest GPUs whose memory sums to the total"),
     ]
 
 
@@ -746,10 +616,8 @@ def format_table(rows: list[TableRow], unit: str = "GB", precision: int = 1) -> 
             return f"<{hi} {unit}" if c[0] == 0 else f"{lo}-{hi} {unit}"
         return "0" if c == 0 else format_bytes(c, unit, precision)
 
-    lines = [
-        "| Component | Training (Adam) | Inference fp16 | Inference int4 | Note |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    lines = ["| Component | Training (Adam) | Inference fp16 | Inference int4 | Note |",
+             "| --- | --- | --- | --- | --- |"]
     for r in rows:
         cells = (r.component, cell(r.training), cell(r.inference_fp16), cell(r.inference_int4), r.note)
         lines.append("| " + " | ".join(cells) + " |")
@@ -760,7 +628,8 @@ def format_table(rows: list[TableRow], unit: str = "GB", precision: int = 1) -> 
 # Roofline lower bounds: decode and prefill
 
 
-def forward_flops(shape: ModelShape | str, num_new_tokens: int, context_len: int = 0, batch_size: int = 1) -> int:
+def forward_flops(shape: ModelShape | str, num_new_tokens: int, context_len: int = 0,
+                  batch_size: int = 1) -> int:
     """FLOPs of one forward pass over `num_new_tokens` per sequence that follow `context_len`
     cached tokens, for `batch_size` sequences.
 
@@ -805,15 +674,8 @@ def _weights_read(shape: ModelShape, weight_dtype: Any, batch_size: int) -> int:
     return weight_bytes(read, weight_dtype)
 
 
-def decode_step_bound(
-    shape: ModelShape | str,
-    gpu: GPUSpec | str,
-    *,
-    batch_size: int = 1,
-    context_len: int = 0,
-    weight_dtype: Any = "bf16",
-    kv_dtype: Any = "bf16",
-) -> StepBound:
+def decode_step_bound(shape: ModelShape | str, gpu: GPUSpec | str, *, batch_size: int = 1,
+                      context_len: int = 0, weight_dtype: Any = "bf16", kv_dtype: Any = "bf16") -> StepBound:
     """Lower bound on one decode step: every weight is read once, each sequence reads its
     `context_len` cached tokens' K/V and writes one new token's. Llama-2-13B in fp16 on H100-SXM:
     7.7 ms (ERRATA 9: not < 0.1 ms)."""
@@ -826,15 +688,8 @@ def decode_step_bound(
     return StepBound(flops, moved, flops / gpu.peak_flops, moved / gpu.memory_bandwidth)
 
 
-def prefill_bound(
-    shape: ModelShape | str,
-    gpu: GPUSpec | str,
-    num_tokens: int,
-    *,
-    batch_size: int = 1,
-    weight_dtype: Any = "bf16",
-    kv_dtype: Any = "bf16",
-) -> StepBound:
+def prefill_bound(shape: ModelShape | str, gpu: GPUSpec | str, num_tokens: int, *, batch_size: int = 1,
+                  weight_dtype: Any = "bf16", kv_dtype: Any = "bf16") -> StepBound:
     """Lower bound on prefilling `num_tokens` prompt tokens for each of `batch_size` sequences:
     usually compute-bound (FLOPs / peak FLOP/s) once num_tokens is in the hundreds."""
     s_, gpu = _shape(shape), get_gpu(gpu)

@@ -83,7 +83,9 @@ class ModelConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelConfig.{name} = {value!r}; it must be a positive int. Fix: set it >= 1.")
+                raise ValueError(
+                    f"ModelConfig.{name} = {value!r}; it must be a positive int. Fix: set it >= 1."
+                )
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(
@@ -185,7 +187,9 @@ def _check_rope_scaling(scaling: dict | None) -> dict | None:
     if kind in (None, "default"):
         return None
     if kind not in _ROPE_KEYS:
-        raise ValueError(f"rope_scaling type {kind!r} is not supported; use one of {sorted(_ROPE_KEYS)} or None.")
+        raise ValueError(
+            f"rope_scaling type {kind!r} is not supported; use one of {sorted(_ROPE_KEYS)} or None."
+        )
     missing = _ROPE_KEYS[kind] - scaling.keys()
     if missing:
         raise ValueError(f"rope_scaling of type {kind!r} lacks {sorted(missing)}; got {scaling}.")
@@ -319,7 +323,9 @@ class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig, attn_backend: str):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, attn_backend) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, attn_backend) for _ in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
 
@@ -340,7 +346,9 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(config, attn_backend)
         # tied: compute_logits multiplies by the embedding matrix itself, so there is nothing to keep in sync
         self.lm_head = (
-            None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            None
+            if config.tie_word_embeddings
+            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
 
     def forward(
@@ -478,7 +486,9 @@ def load_state_dict(model: LlamaForCausalLM, state_dict: dict[str, torch.Tensor]
     return model
 
 
-def from_hf_model(hf_model, dtype: torch.dtype | None = None, attn_backend: str = DEFAULT_BACKEND) -> LlamaForCausalLM:
+def from_hf_model(
+    hf_model, dtype: torch.dtype | None = None, attn_backend: str = DEFAULT_BACKEND
+) -> LlamaForCausalLM:
     """Copy an in-memory transformers model (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)."""
     config = ModelConfig.from_hf(hf_model.config)
     sd = hf_model.state_dict()
@@ -680,7 +690,8 @@ def load_gguf(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
-                f"no GGUF file at {path}. Fix: pass the path of a .gguf file, or None for the {GGUF_ASSET} asset."
+                f"no GGUF file at {path}. Fix: pass the path of a .gguf file, or None "
+                f"for the {GGUF_ASSET} asset."
             )
         sha = assets.sha256_of(path)
     cached = converted_path(sha)

@@ -56,7 +56,11 @@ class SamplingParams:
                 f"top_p={self.top_p!r}: it must lie in (0, 1]. Fix: use 1.0 to turn nucleus "
                 f"sampling off, or a value such as 0.9."
             )
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not (self.top_k == -1 or self.top_k >= 1):
+        if (
+            isinstance(self.top_k, bool)
+            or not isinstance(self.top_k, int)
+            or not (self.top_k == -1 or self.top_k >= 1)
+        ):
             raise ValueError(
                 f"top_k={self.top_k!r}: it must be -1 (off) or an int >= 1. "
                 f"Fix: use -1 to keep every token, or e.g. 50."
@@ -130,7 +134,9 @@ class Sampler:
             raise ValueError(f"got {len(params)} SamplingParams for {N} rows of logits; pass one per row.")
         generators = generators if generators is not None else [None] * N
         if len(generators) != N:
-            raise ValueError(f"got {len(generators)} generators for {N} rows of logits; pass one (or None) per row.")
+            raise ValueError(
+                f"got {len(generators)} generators for {N} rows of logits; pass one (or None) per row."
+            )
         logits = logits.float()
         out = logits.argmax(dim=-1)  # greedy rows are done; the others are overwritten below
         rows = [i for i, p in enumerate(params) if not p.greedy]

@@ -118,21 +118,16 @@ class SchedulerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.long_prefill_token_threshold < 0:
-            raise ValueError(
-                f"long_prefill_token_threshold={self.long_prefill_token_threshold} must be >= 0 (0 turns the cap off)"
-            )
+            raise ValueError(f"long_prefill_token_threshold={self.long_prefill_token_threshold} must "
+                             f"be >= 0 (0 turns the cap off)")
         if self.long_prefill_token_threshold and not self.enable_chunked_prefill:
-            raise ValueError(
-                "long_prefill_token_threshold caps prefill chunks: set "
-                "enable_chunked_prefill=True or the threshold to 0"
-            )
+            raise ValueError("long_prefill_token_threshold caps prefill chunks: set "
+                             "enable_chunked_prefill=True or the threshold to 0")
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
-            raise ValueError(
-                f"without chunked prefill a whole prompt of up to max_model_len="
-                f"{self.max_model_len} tokens must fit one batch, but max_num_batched_tokens="
-                f"{self.max_num_batched_tokens}: raise it, lower max_model_len or enable "
-                f"chunked prefill"
-            )
+            raise ValueError(f"without chunked prefill a whole prompt of up to max_model_len="
+                             f"{self.max_model_len} tokens must fit one batch, but max_num_batched_tokens="
+                             f"{self.max_num_batched_tokens}: raise it, lower max_model_len or enable "
+                             f"chunked prefill")
         if self.policy not in ("fcfs", "shortest_prompt_first"):
             raise ValueError(f"policy={self.policy!r} is unknown: use 'fcfs' or 'shortest_prompt_first'")
 
@@ -217,37 +212,30 @@ class Scheduler:
         if rid in self.requests:
             raise ValueError(f"request id {rid!r} is already in use: give each request a unique id")
         if request.status != RequestStatus.WAITING or request.output_token_ids:
-            raise ValueError(
-                f"request {rid!r} has status {request.status.value} and "
-                f"{request.num_output_tokens} output tokens: add a new Request instead"
-            )
+            raise ValueError(f"request {rid!r} has status {request.status.value} and "
+                             f"{request.num_output_tokens} output tokens: add a new Request instead")
         if num_prompt == 0:
             raise ValueError(f"request {rid!r} has an empty prompt: give it at least one token (e.g. BOS)")
         max_tokens = request.sampling_params.max_tokens
         if max_tokens is None:
             if num_prompt >= max_len:
-                raise ValueError(
-                    f"request {rid!r}: its prompt of {num_prompt} tokens leaves no room under "
-                    f"max_model_len={max_len}: shorten the prompt or raise max_model_len"
-                )
+                raise ValueError(f"request {rid!r}: its prompt of {num_prompt} tokens leaves no room under "
+                                 f"max_model_len={max_len}: shorten the prompt or raise max_model_len")
             max_tokens = max_len - num_prompt
         if max_tokens < 1:
-            raise ValueError(f"request {rid!r}: max_tokens={max_tokens} must be >= 1: ask for at least one token")
+            raise ValueError(f"request {rid!r}: max_tokens={max_tokens} must be >= 1: ask for at least "
+                             f"one token")
         if num_prompt + max_tokens > max_len:
-            raise ValueError(
-                f"request {rid!r}: prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) = "
-                f"{num_prompt + max_tokens} > max_model_len={max_len}: shorten the prompt, "
-                f"lower max_tokens or raise max_model_len"
-            )
+            raise ValueError(f"request {rid!r}: prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) = "
+                             f"{num_prompt + max_tokens} > max_model_len={max_len}: shorten the prompt, "
+                             f"lower max_tokens or raise max_model_len")
         # The last sampled token is never fed back, so at most prompt + max_tokens - 1 positions.
         needed = self.kv_cache.num_blocks_needed(num_prompt + max_tokens - 1)
         if needed > self.kv_cache.num_blocks:
-            raise ValueError(
-                f"request {rid!r} may need {needed} KV blocks ({num_prompt} + {max_tokens} - 1 "
-                f"tokens, block_size {self.kv_cache.block_size}) but the cache has "
-                f"{self.kv_cache.num_blocks}: give the cache more memory or blocks, or "
-                f"shorten the prompt or max_tokens"
-            )
+            raise ValueError(f"request {rid!r} may need {needed} KV blocks ({num_prompt} + {max_tokens} - 1 "
+                             f"tokens, block_size {self.kv_cache.block_size}) but the cache has "
+                             f"{self.kv_cache.num_blocks}: give the cache more memory or blocks, or "
+                             f"shorten the prompt or max_tokens")
         request.max_tokens = max_tokens
 
     def abort_request(self, request_id: str) -> Request:
@@ -257,7 +245,8 @@ class Scheduler:
     def finish_request(self, request_id: str, reason: FinishReason | str) -> Request:
         """End an unfinished request for a reason found outside the scheduler (stop string, abort)."""
         if request_id not in self.requests:
-            raise KeyError(f"no unfinished request {request_id!r}: it was never added, or already finished or aborted")
+            raise KeyError(f"no unfinished request {request_id!r}: it was never added, or already "
+                           f"finished or aborted")
         request = self.requests[request_id]
         self._finish(request, FinishReason(reason))
         return request
@@ -322,9 +311,8 @@ class Scheduler:
     def _allocate_or_preempt(self, request: Request, num_new: int, preempted: list[Request]) -> bool:
         """Reserve slots for the request's next `num_new` tokens, preempting the newest running
         requests until they fit. False if the request had to preempt itself."""
-        while not self.kv_cache.allocate_slots(
-            request.request_id, request.all_token_ids, request.num_computed_tokens, num_new
-        ):
+        while not self.kv_cache.allocate_slots(request.request_id, request.all_token_ids,
+                                               request.num_computed_tokens, num_new):
             victim = self.running.pop()
             self._preempt(victim)
             preempted.append(victim)
@@ -352,9 +340,8 @@ class Scheduler:
         if not self.config.enable_chunked_prefill and num_new > budget:
             return None
         num_new = self._chunk(num_new, budget)
-        if not self.kv_cache.allocate_slots(
-            request.request_id, request.all_token_ids, num_cached, num_new, computed_blocks
-        ):
+        if not self.kv_cache.allocate_slots(request.request_id, request.all_token_ids, num_cached,
+                                            num_new, computed_blocks):
             return None
         self.waiting.remove(request)
         self.running.append(request)
@@ -379,7 +366,8 @@ class Scheduler:
 
     # ---- after the model ran -----------------------------------------------------------------------
 
-    def update_from_output(self, scheduler_output: SchedulerOutput, sampled_token_ids: dict[str, int]) -> list[Request]:
+    def update_from_output(self, scheduler_output: SchedulerOutput,
+                           sampled_token_ids: dict[str, int]) -> list[Request]:
         """Record a finished step: advance num_computed_tokens, append the sampled tokens (one for each
         request with `sample` True), stop requests that are done. Returns the newly finished ones."""
         newly_finished = []
@@ -391,10 +379,8 @@ class Scheduler:
             request.num_computed_tokens += s.num_new_tokens
             if not s.sample:
                 if s.request_id in sampled_token_ids:
-                    raise ValueError(
-                        f"request {s.request_id!r} was a partial prefill this step and must "
-                        f"not be sampled: sample only the requests whose `sample` is True"
-                    )
+                    raise ValueError(f"request {s.request_id!r} was a partial prefill this step and must "
+                                     f"not be sampled: sample only the requests whose `sample` is True")
                 continue
             if s.request_id not in sampled_token_ids:
                 raise KeyError(f"no sampled token for request {s.request_id!r}, whose `sample` is True")

@@ -62,7 +62,9 @@ GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p
 # and then ByteLevel), and the GPT-2 regex runs on the stretches between digits. One regex does
 # both: a digit is its own piece, no other piece contains a digit, and a whitespace run that stops
 # right before a digit counts as ending its stretch (the "(?=...\p{N}...)" in place of "(?!\S)").
-SMOLLM_SPLIT_PATTERN = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?=\s|\p{N}|\Z)|\s+"""
+SMOLLM_SPLIT_PATTERN = (
+    r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?=\s|\p{N}|\Z)|\s+"""
+)
 
 # tokenizer.ggml.pre value -> split pattern (llama.cpp groups smollm with starcoder).
 GGUF_PRE_PATTERNS = {
@@ -87,7 +89,8 @@ def bytes_to_unicode() -> dict[int, str]:
     newline 'Ċ'. The dict lists the printable bytes first, which is the order of ids 0..255 in
     GPT-2's vocabulary.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     mapping = {b: chr(b) for b in printable}
     for b in range(256):
         if b not in mapping:
@@ -132,10 +135,8 @@ def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
 
 def _check_special_tokens(special_tokens) -> list[str]:
     if isinstance(special_tokens, str):
-        raise TypeError(
-            f"special_tokens must be a list of strings, got the string {special_tokens!r}; "
-            f"write special_tokens=[{special_tokens!r}]"
-        )
+        raise TypeError(f"special_tokens must be a list of strings, got the string {special_tokens!r}; "
+                        f"write special_tokens=[{special_tokens!r}]")
     specials = list(special_tokens)
     for s in specials:
         if not isinstance(s, str) or not s:
@@ -150,17 +151,15 @@ def _check_texts(texts: str | Iterable[str]) -> Iterable[str]:
     if isinstance(texts, str):
         return [texts]
     if isinstance(texts, (bytes, bytearray)):
-        raise TypeError(
-            "texts must be str or an iterable of str, got bytes; decode it first, e.g. data.decode('utf-8')"
-        )
+        raise TypeError("texts must be str or an iterable of str, got bytes; decode it first, "
+                        "e.g. data.decode('utf-8')")
     if not isinstance(texts, Iterable):
         raise TypeError(f"texts must be str or an iterable of str, got {type(texts).__name__}")
     return texts
 
 
-def count_pretokens(
-    texts: str | Iterable[str], special_tokens=(), pattern: str = GPT2_SPLIT_PATTERN
-) -> dict[bytes, int]:
+def count_pretokens(texts: str | Iterable[str], special_tokens=(), pattern: str = GPT2_SPLIT_PATTERN
+                    ) -> dict[bytes, int]:
     """Word frequencies: how often each pre-token (as UTF-8 bytes) occurs in the texts.
 
     Each text is first cut at the special tokens (which are dropped), then split by `pattern`.
@@ -171,8 +170,9 @@ def count_pretokens(
     counts: Counter[str] = Counter()
     for i, text in enumerate(_check_texts(texts)):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str; pass strings (decode bytes first)")
-        for part in splitter.split(text)[::2] if splitter else (text,):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str; pass strings "
+                            f"(decode bytes first)")
+        for part in (splitter.split(text)[::2] if splitter else (text,)):
             counts.update(pat.findall(part))
     return {_utf8(word): n for word, n in counts.items()}
 
@@ -183,15 +183,12 @@ def _utf8(text: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as e:
         bad = text[e.start]
-        raise ValueError(
-            f"the text has a lone surrogate {bad!r} (U+{ord(bad):04X}), which has no UTF-8 "
-            f"form; clean it first, e.g. text.encode('utf-8', 'replace').decode()"
-        ) from None
+        raise ValueError(f"the text has a lone surrogate {bad!r} (U+{ord(bad):04X}), which has no UTF-8 "
+                         f"form; clean it first, e.g. text.encode('utf-8', 'replace').decode()") from None
 
 
-def train_bpe(
-    texts: str | Iterable[str], vocab_size: int, special_tokens=()
-) -> tuple[dict[int, bytes], list[tuple[int, int]]]:
+def train_bpe(texts: str | Iterable[str], vocab_size: int, special_tokens=()
+              ) -> tuple[dict[int, bytes], list[tuple[int, int]]]:
     """Learn a byte-level BPE vocabulary of `vocab_size` ids from texts.
 
     Returns (vocab, merges): vocab maps every id to its bytes; merges[i] is the pair of ids that
@@ -208,10 +205,8 @@ def train_bpe(
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__} {vocab_size!r}")
     if vocab_size < 256 + len(specials):
-        raise ValueError(
-            f"vocab_size={vocab_size} is below 256 byte tokens + {len(specials)} special "
-            f"token(s) = {256 + len(specials)}; choose vocab_size >= {256 + len(specials)}"
-        )
+        raise ValueError(f"vocab_size={vocab_size} is below 256 byte tokens + {len(specials)} special "
+                         f"token(s) = {256 + len(specials)}; choose vocab_size >= {256 + len(specials)}")
     word_counts = count_pretokens(texts, specials)
     vocab = {i: bytes([i]) for i in range(256)}
     words = [list(w) for w in word_counts]  # each a list of ids, bytes at first
@@ -222,9 +217,8 @@ def train_bpe(
     return vocab, merges
 
 
-def _learn_merges(
-    words: list[list[int]], freqs: list[int], vocab: dict[int, bytes], num_merges: int
-) -> list[tuple[int, int]]:
+def _learn_merges(words: list[list[int]], freqs: list[int], vocab: dict[int, bytes], num_merges: int
+                  ) -> list[tuple[int, int]]:
     """The merge loop of `train_bpe`; edits words and vocab in place."""
     counts: dict[tuple[int, int], int] = {}  # pair -> occurrences, weighted by word frequency
     where: dict[tuple[int, int], set[int]] = {}  # pair -> indices of words that (may) contain it
@@ -328,19 +322,10 @@ class Tokenizer:
     then it starts over), so common words cost one dict lookup. Treat vocab and merges as read-only.
     """
 
-    def __init__(
-        self,
-        vocab: dict[int, bytes],
-        merges,
-        special_tokens: dict[str, int] | None = None,
-        pattern: str = GPT2_SPLIT_PATTERN,
-        *,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        pad_token_id: int | None = None,
-        on_missing_byte: str = "raise",
-        cache_size: int = 1 << 17,
-    ):
+    def __init__(self, vocab: dict[int, bytes], merges, special_tokens: dict[str, int] | None = None,
+                 pattern: str = GPT2_SPLIT_PATTERN, *, bos_token_id: int | None = None,
+                 eos_token_id: int | None = None, pad_token_id: int | None = None,
+                 on_missing_byte: str = "raise", cache_size: int = 1 << 17):
         if not isinstance(pattern, str):
             raise TypeError(f"pattern must be a regex string, got {type(pattern).__name__}")
         if on_missing_byte not in ("raise", "drop"):
@@ -349,10 +334,8 @@ class Tokenizer:
         self.special_tokens = dict(special_tokens or {})
         for name, i in self.special_tokens.items():
             if self.vocab.get(i) != name.encode("utf-8"):
-                raise ValueError(
-                    f"special token {name!r} has id {i}, whose vocab entry is "
-                    f"{self.vocab.get(i)!r}; vocab[{i}] must be {name.encode('utf-8')!r}"
-                )
+                raise ValueError(f"special token {name!r} has id {i}, whose vocab entry is "
+                                 f"{self.vocab.get(i)!r}; vocab[{i}] must be {name.encode('utf-8')!r}")
         self.pattern = pattern
         self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
         self.on_missing_byte = on_missing_byte
@@ -375,14 +358,14 @@ class Tokenizer:
             if a not in self.vocab or b not in self.vocab:
                 raise ValueError(f"merge {rank} ({a}, {b}) uses an id that is not in the vocabulary")
             if (a, b) in ranked:
-                raise ValueError(f"merge {rank} ({a}, {b}) repeats merge {ranked[(a, b)][0]}; list each pair once")
+                raise ValueError(f"merge {rank} ({a}, {b}) repeats merge {ranked[(a, b)][0]}; "
+                                 f"list each pair once")
             joined = self.vocab[a] + self.vocab[b]
             if new_id is None:  # list form: 256 + rank when that is the token, else look it up
                 new_id = 256 + rank if self.vocab.get(256 + rank) == joined else self._token_ids.get(joined)
             if new_id is None or self.vocab.get(new_id) != joined:
-                raise ValueError(
-                    f"merge {rank} ({a}, {b}) makes {joined!r}, which is not the vocab entry of id {new_id}"
-                )
+                raise ValueError(f"merge {rank} ({a}, {b}) makes {joined!r}, which is not the vocab "
+                                 f"entry of id {new_id}")
             ranked[(a, b)] = (rank, new_id)
         return ranked
 
@@ -414,19 +397,16 @@ class Tokenizer:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"no GGUF file at {path}; for SmolLM2 use labkit.assets.path('smollm2-135m-instruct-q4_1')"
-            )
+            raise FileNotFoundError(f"no GGUF file at {path}; for SmolLM2 use "
+                                    f"labkit.assets.path('smollm2-135m-instruct-q4_1')")
         meta = read_gguf_metadata(path).get
         model, pre = meta("tokenizer.ggml.model"), meta("tokenizer.ggml.pre", "gpt2")
         if model != "gpt2":
-            raise NotImplementedError(
-                f"{path.name}: tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') is supported"
-            )
+            raise NotImplementedError(f"{path.name}: tokenizer.ggml.model is {model!r}; only byte-level "
+                                      f"BPE ('gpt2') is supported")
         if pre not in GGUF_PRE_PATTERNS:
-            raise NotImplementedError(
-                f"{path.name}: tokenizer.ggml.pre is {pre!r}; supported: {sorted(GGUF_PRE_PATTERNS)}"
-            )
+            raise NotImplementedError(f"{path.name}: tokenizer.ggml.pre is {pre!r}; supported: "
+                                      f"{sorted(GGUF_PRE_PATTERNS)}")
         tokens, types = meta("tokenizer.ggml.tokens"), meta("tokenizer.ggml.token_type")
         byte_of = {c: b for b, c in bytes_to_unicode().items()}
         vocab, specials = {}, {}
@@ -442,16 +422,10 @@ class Tokenizer:
         for line in meta("tokenizer.ggml.merges"):
             a, b = line.split(" ")
             merges[(ids[a], ids[b])] = ids[a + b]
-        return cls(
-            vocab,
-            merges,
-            specials,
-            GGUF_PRE_PATTERNS[pre],
-            on_missing_byte="drop",
-            bos_token_id=meta("tokenizer.ggml.bos_token_id"),
-            eos_token_id=meta("tokenizer.ggml.eos_token_id"),
-            pad_token_id=meta("tokenizer.ggml.padding_token_id"),
-        )
+        return cls(vocab, merges, specials, GGUF_PRE_PATTERNS[pre], on_missing_byte="drop",
+                   bos_token_id=meta("tokenizer.ggml.bos_token_id"),
+                   eos_token_id=meta("tokenizer.ggml.eos_token_id"),
+                   pad_token_id=meta("tokenizer.ggml.padding_token_id"))
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -500,18 +474,14 @@ class Tokenizer:
         if self.on_missing_byte == "drop":
             return [i for i in ids if i is not None]
         bad = sorted({b for b, i in zip(word.encode("utf-8"), ids) if i is None})
-        raise ValueError(
-            f"the vocabulary has no token for byte(s) {[hex(b) for b in bad]} of {word!r}; "
-            f"remove those characters or build the Tokenizer with on_missing_byte='drop'"
-        )
+        raise ValueError(f"the vocabulary has no token for byte(s) {[hex(b) for b in bad]} of {word!r}; "
+                         f"remove those characters or build the Tokenizer with on_missing_byte='drop'")
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text with no special-token handling (their text is ordinary text)."""
         if not isinstance(text, str):
-            raise TypeError(
-                f"text must be str, got {type(text).__name__}; decode bytes first "
-                f"(data.decode('utf-8')), and use encode_batch for a list of strings"
-            )
+            raise TypeError(f"text must be str, got {type(text).__name__}; decode bytes first "
+                            f"(data.decode('utf-8')), and use encode_batch for a list of strings")
         return list(chain.from_iterable(map(self._cache.__getitem__, self._pat.findall(text))))
 
     def encode(self, text: str, allowed_special="none_raise") -> list[int]:
@@ -544,23 +514,18 @@ class Tokenizer:
         if allowed_special == "none_raise":
             for name, i in self.special_tokens.items():
                 if name in text:
-                    raise ValueError(
-                        f"text contains the special token {name!r}; pass allowed_special='all' "
-                        f"to encode it as id {i}, or allowed_special='none' to encode it as "
-                        f"ordinary text"
-                    )
+                    raise ValueError(f"text contains the special token {name!r}; pass allowed_special='all' "
+                                     f"to encode it as id {i}, or allowed_special='none' to encode it as "
+                                     f"ordinary text")
             return {}
         if isinstance(allowed_special, (set, frozenset, list, tuple)):
             unknown = [s for s in allowed_special if s not in self.special_tokens]
             if unknown:
-                raise ValueError(
-                    f"allowed_special names {unknown}, which are not special tokens of this "
-                    f"tokenizer; known: {sorted(self.special_tokens)}"
-                )
+                raise ValueError(f"allowed_special names {unknown}, which are not special tokens of this "
+                                 f"tokenizer; known: {sorted(self.special_tokens)}")
             return {s: self.special_tokens[s] for s in allowed_special}
-        raise ValueError(
-            f"allowed_special must be 'none_raise', 'none', 'all' or a set of special tokens, got {allowed_special!r}"
-        )
+        raise ValueError(f"allowed_special must be 'none_raise', 'none', 'all' or a set of special tokens, "
+                         f"got {allowed_special!r}")
 
     # -- decoding ------------------------------------------------------------------------------
 
@@ -584,15 +549,12 @@ class Tokenizer:
             if key in table:
                 parts.append(table[key])
             elif unknown == "raise":
-                raise ValueError(
-                    f"unknown token id {key}: this vocabulary has {self.vocab_size} ids "
-                    f"(0..{max(self.vocab)}); pass unknown='skip' to drop ids it does not have"
-                )
+                raise ValueError(f"unknown token id {key}: this vocabulary has {self.vocab_size} ids "
+                                 f"(0..{max(self.vocab)}); pass unknown='skip' to drop ids it does not have")
         return b"".join(parts)
 
-    def decode(
-        self, ids: Iterable[int], errors: str = "replace", unknown: str = "raise", skip_special: bool = False
-    ) -> str:
+    def decode(self, ids: Iterable[int], errors: str = "replace", unknown: str = "raise",
+               skip_special: bool = False) -> str:
         """Text of the ids. Bytes that are not valid UTF-8 (a character cut between tokens) become
         U+FFFD with errors="replace"; errors="strict" raises instead."""
         return self.decode_bytes(ids, unknown, skip_special).decode("utf-8", errors=errors)
@@ -621,25 +583,19 @@ class Tokenizer:
         return self._token_ids[token]
 
     def __repr__(self) -> str:
-        return (
-            f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
-            f"special_tokens={list(self.special_tokens)})"
-        )
+        return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+                f"special_tokens={list(self.special_tokens)})")
 
     # -- save / load ---------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer as JSON (token bytes in hex); `Tokenizer.load` reads it back."""
         state = {
-            "format": _FORMAT,
-            "version": 1,
-            "pattern": self.pattern,
+            "format": _FORMAT, "version": 1, "pattern": self.pattern,
             "vocab": {str(i): b.hex() for i, b in sorted(self.vocab.items())},
             "merges": [[a, b, new_id] for (a, b), (_, new_id) in self._merge_of.items()],
-            "special_tokens": self.special_tokens,
-            "on_missing_byte": self.on_missing_byte,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "special_tokens": self.special_tokens, "on_missing_byte": self.on_missing_byte,
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
         }
         Path(path).write_text(json.dumps(state), encoding="utf-8")
@@ -648,21 +604,13 @@ class Tokenizer:
     def load(cls, path: str | Path) -> Tokenizer:
         state = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(state, dict) or state.get("format") != _FORMAT or state.get("version") != 1:
-            raise ValueError(
-                f"{path} is not a labkit tokenizer file (format {_FORMAT!r}, version 1); write one with Tokenizer.save"
-            )
+            raise ValueError(f"{path} is not a labkit tokenizer file (format {_FORMAT!r}, version 1); "
+                             f"write one with Tokenizer.save")
         vocab = {int(i): bytes.fromhex(h) for i, h in state["vocab"].items()}
         merges = {(a, b): new_id for a, b, new_id in state["merges"]}
-        return cls(
-            vocab,
-            merges,
-            state["special_tokens"],
-            state["pattern"],
-            bos_token_id=state["bos_token_id"],
-            eos_token_id=state["eos_token_id"],
-            pad_token_id=state["pad_token_id"],
-            on_missing_byte=state["on_missing_byte"],
-        )
+        return cls(vocab, merges, state["special_tokens"], state["pattern"],
+                   bos_token_id=state["bos_token_id"], eos_token_id=state["eos_token_id"],
+                   pad_token_id=state["pad_token_id"], on_missing_byte=state["on_missing_byte"])
 
 
 @cache
@@ -674,10 +622,12 @@ def _gpt2_tokenizer() -> Tokenizer:
     assert lines[0].startswith("#version"), f"unexpected first line of merges.txt: {lines[0]!r}"
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     eot = "<|endoftext|>"
-    vocab = {i: (tok.encode("utf-8") if tok == eot else bytes(byte_of[c] for c in tok)) for tok, i in encoder.items()}
+    vocab = {i: (tok.encode("utf-8") if tok == eot else bytes(byte_of[c] for c in tok))
+             for tok, i in encoder.items()}
     merges = [(encoder[a], encoder[b]) for a, b in (line.split(" ") for line in lines[1:] if line)]
     eot_id = encoder[eot]
-    return Tokenizer(vocab, merges, {eot: eot_id}, GPT2_SPLIT_PATTERN, bos_token_id=eot_id, eos_token_id=eot_id)
+    return Tokenizer(vocab, merges, {eot: eot_id}, GPT2_SPLIT_PATTERN,
+                     bos_token_id=eot_id, eos_token_id=eot_id)
 
 
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -692,7 +642,6 @@ def read_gguf_metadata(path: str | Path) -> dict:
     tokenizer of a 100 MB model in a fraction of a second; gguf.GGUFReader parses every tensor too.
     """
     with open(path, "rb") as f:
-
         def unpack(fmt: str):
             return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))
 
@@ -708,7 +657,8 @@ def read_gguf_metadata(path: str | Path) -> dict:
                     return list(unpack(f"{count}{_GGUF_SCALARS[item_kind]}"))
                 return [value(item_kind) for _ in range(count)]
             if kind not in _GGUF_SCALARS:
-                raise ValueError(f"{path}: unknown GGUF value type {kind}; the file is corrupt or newer than GGUF v3")
+                raise ValueError(f"{path}: unknown GGUF value type {kind}; the file is corrupt or "
+                                 f"newer than GGUF v3")
             return unpack(_GGUF_SCALARS[kind])[0]
 
         magic, version = f.read(4), unpack("I")[0]
@@ -740,9 +690,8 @@ class IncrementalDetokenizer:
     soon as that is certain (or at flush).
     """
 
-    def __init__(
-        self, tokenizer: Tokenizer, errors: str = "replace", unknown: str = "raise", skip_special: bool = False
-    ):
+    def __init__(self, tokenizer: Tokenizer, errors: str = "replace", unknown: str = "raise",
+                 skip_special: bool = False):
         self.tokenizer, self.unknown, self.skip_special = tokenizer, unknown, skip_special
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
 

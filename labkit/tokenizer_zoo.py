@@ -106,13 +106,8 @@ def tiktoken_gpt2():
             del os.environ["TIKTOKEN_CACHE_DIR"]
         else:
             os.environ["TIKTOKEN_CACHE_DIR"] = saved
-    return tiktoken.Encoding(
-        name="r50k_base",
-        explicit_n_vocab=50257,
-        pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": 50256},
-    )
+    return tiktoken.Encoding(name="r50k_base", explicit_n_vocab=50257, pat_str=r50k_pat_str,
+                             mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
 
 
 def real_tokenizers(smollm2: bool = True) -> dict:
@@ -143,19 +138,8 @@ def code_sample() -> str:
 
 
 # Standard-library modules whose source makes a code corpus (about 0.5 MB on CPython 3.11).
-STDLIB_FILES = (
-    "textwrap.py",
-    "difflib.py",
-    "argparse.py",
-    "json/decoder.py",
-    "pathlib.py",
-    "tokenize.py",
-    "inspect.py",
-    "typing.py",
-    "collections/__init__.py",
-    "dataclasses.py",
-    "functools.py",
-)
+STDLIB_FILES = ("textwrap.py", "difflib.py", "argparse.py", "json/decoder.py", "pathlib.py", "tokenize.py",
+                "inspect.py", "typing.py", "collections/__init__.py", "dataclasses.py", "functools.py")
 
 
 def stdlib_sources(names: Iterable[str] = STDLIB_FILES) -> dict[str, str]:
@@ -186,10 +170,8 @@ def _token_ids(text: str, tokenizer) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)
     if callable(tokenizer):
         return list(tokenizer(text))
-    raise TypeError(
-        f"cannot tokenize with {type(tokenizer).__name__}: pass a labkit Tokenizer, a "
-        f"transformers tokenizer, a tiktoken Encoding, or a function text -> ids"
-    )
+    raise TypeError(f"cannot tokenize with {type(tokenizer).__name__}: pass a labkit Tokenizer, a "
+                    f"transformers tokenizer, a tiktoken Encoding, or a function text -> ids")
 
 
 def token_stats(text: str, tokenizer) -> dict:
@@ -200,10 +182,7 @@ def token_stats(text: str, tokenizer) -> dict:
     tokens = len(_token_ids(text, tokenizer))
     words, chars, nbytes = len(text.split()), len(text), len(text.encode("utf-8"))
     return {
-        "tokens": tokens,
-        "words": words,
-        "chars": chars,
-        "bytes": nbytes,
+        "tokens": tokens, "words": words, "chars": chars, "bytes": nbytes,
         "tokens_per_word": tokens / words if words else 0.0,
         "chars_per_token": chars / tokens if tokens else 0.0,
         "bytes_per_token": nbytes / tokens if tokens else 0.0,
@@ -245,9 +224,8 @@ def units_that_fit(context_len: int, sample_tokens: int, sample_units: int) -> i
 def batch_capacity(batch_size: int, tokens_per_request: int, new_tokens_per_request: int) -> int:
     """Whole requests of new_tokens_per_request tokens that fit in the token budget of batch_size
     requests of tokens_per_request tokens, rounded down: batch_capacity(32, 100, 180) == 17."""
-    _check_counts(
-        batch_size=batch_size, tokens_per_request=tokens_per_request, new_tokens_per_request=new_tokens_per_request
-    )
+    _check_counts(batch_size=batch_size, tokens_per_request=tokens_per_request,
+                  new_tokens_per_request=new_tokens_per_request)
     if new_tokens_per_request == 0:
         raise ValueError("new_tokens_per_request is 0: a request has at least one token")
     return batch_size * tokens_per_request // new_tokens_per_request

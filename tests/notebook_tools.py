@@ -168,7 +168,9 @@ def execution_seconds(nb: NotebookNode) -> float:
 class Graded:
     """Scores and executed notebooks of every student of a grading run."""
 
-    scores: dict[str, dict[str, dict[str, tuple[float, float]]]]  # student -> notebook -> grade_id -> (s, max)
+    scores: dict[
+        str, dict[str, dict[str, tuple[float, float]]]
+    ]  # student -> notebook -> grade_id -> (s, max)
     autograded: dict[str, dict[str, Path]]  # student -> notebook stem -> executed notebook
     feedback: dict[str, dict[str, Path]]  # student -> notebook stem -> feedback html
     seconds: dict[str, float]  # "record (worker i)", "autograde <student>", "feedback", "total"

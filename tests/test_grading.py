@@ -199,7 +199,9 @@ def test_changing_the_input_in_place_fails(ref):
 def test_expected_exception_must_be_raised(ref):
     msg = failure(g.check_function, lambda xs: sum(xs) / max(len(xs), 1), ref.mean, [g.case([])])
     assert "expected an exception" in msg and "raises ValueError: mean of an empty list" in msg
-    msg = failure(g.check_function, lambda xs: xs[0] / 0 if not xs else sum(xs) / len(xs), ref.mean, [g.case([])])
+    msg = failure(
+        g.check_function, lambda xs: xs[0] / 0 if not xs else sum(xs) / len(xs), ref.mean, [g.case([])]
+    )
     assert "your code raised IndexError" in msg
     g.check_function(
         lambda xs: sum(xs) / len(xs) if xs else (_ for _ in ()).throw(ValueError("empty")),
@@ -400,7 +402,9 @@ def test_time_is_charged_to_student_code_only(ref):
         time.sleep(0.05)
         return ref.merge(ids, pair, new_id)
 
-    g.check_function(right_merge, slow_reference, MERGE_CASES, n=10, time_limit=0.3, guard=False, verbose=False)
+    g.check_function(
+        right_merge, slow_reference, MERGE_CASES, n=10, time_limit=0.3, guard=False, verbose=False
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -521,7 +525,9 @@ def _methods(ref):
 
 def test_check_class_right_class_passes(ref, capsys):
     methods = _methods(ref)
-    g.check_class(RightPool, ref.Pool, methods, init=g.args(g.ints(1, 12)), observe=["num_free"], n=15, steps=25)
+    g.check_class(
+        RightPool, ref.Pool, methods, init=g.args(g.ints(1, 12)), observe=["num_free"], n=15, steps=25
+    )
     assert "RightPool: 15 sequences of 25 calls passed" in capsys.readouterr().out
 
 
@@ -596,7 +602,9 @@ def test_check_class_endless_method_fails_in_time(ref):
                 pass
 
     t = time.perf_counter()
-    msg = failure(g.check_class, Stuck, ref.Pool, {"allocate": lambda rng: (1,)}, init=g.case(4), time_limit=0.3)
+    msg = failure(
+        g.check_class, Stuck, ref.Pool, {"allocate": lambda rng: (1,)}, init=g.case(4), time_limit=0.3
+    )
     assert "no result within the time limit" in msg and time.perf_counter() - t < 2
 
 
@@ -684,7 +692,9 @@ def test_explain_difference_tolerances():
 values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: (
-        st.lists(inner, max_size=4) | st.tuples(inner, inner) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=3)
     ),
     max_leaves=12,
 )

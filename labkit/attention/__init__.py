@@ -156,7 +156,9 @@ def get_backend(name: str | None = None) -> ModuleType:
     """The module implementing backend `name` (default DEFAULT_BACKEND)."""
     name = name or DEFAULT_BACKEND
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}. Fix: pick one of those.")
+        raise ValueError(
+            f"unknown attention backend {name!r}; known: {sorted(BACKENDS)}. Fix: pick one of those."
+        )
     return importlib.import_module(BACKENDS[name])
 
 

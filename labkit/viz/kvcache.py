@@ -127,7 +127,11 @@ def kv_cache_estimate(
     batch = kv_bytes_for_batch(per_token, [seq_len] * batch_size)
     usable = int(gpu_memory_utilization * gpu_memory_bytes)
     budget = usable - weight_bytes
-    fit = max_sequences(gpu_memory_bytes, weight_bytes, per_token, seq_len, gpu_memory_utilization) if budget > 0 else 0
+    fit = (
+        max_sequences(gpu_memory_bytes, weight_bytes, per_token, seq_len, gpu_memory_utilization)
+        if budget > 0
+        else 0
+    )
     return KVCacheEstimate(per_token, per_seq, batch, usable, weight_bytes, budget, fit, budget >= batch)
 
 
@@ -141,7 +145,9 @@ def contiguous_snapshot(
     will fill, "internal": slots they will never fill}. policy: reserve_max, reserve_pow2, reserve_exact.
     """
     if policy == "paged" or policy not in ("reserve_max", "reserve_pow2", "reserve_exact"):
-        raise ValueError(f"policy must be a contiguous one (reserve_max, reserve_pow2, reserve_exact), got {policy!r}")
+        raise ValueError(
+            f"policy must be a contiguous one (reserve_max, reserve_pow2, reserve_exact), got {policy!r}"
+        )
     if len(prompt_lens) != len(output_lens) or not prompt_lens:
         raise ValueError("give one prompt length and one output length per request (at least one request)")
     reqs = [SimRequest(i, 0, int(p), int(o)) for i, (p, o) in enumerate(zip(prompt_lens, output_lens))]
@@ -192,7 +198,9 @@ def _binary_unit(num_bytes: float) -> str:
     return "B"
 
 
-def plot_decode_times(cached: Any, uncached: Any, prompt_len: int, probes: Sequence[tuple[int, float]] = ()) -> Figure:
+def plot_decode_times(
+    cached: Any, uncached: Any, prompt_len: int, probes: Sequence[tuple[int, float]] = ()
+) -> Figure:
     """Per-step and cumulative decode time with and without a KV cache.
 
     cached, uncached: labkit.measure.DecodeTrace (step_seconds, token_forwards). probes: extra
@@ -270,7 +278,8 @@ def _estimate_html(e: KVCacheEstimate, seq_len: int, batch_size: int) -> str:
         f"height:12px;background:{'#2b8a3e' if e.fits else '#e03131'}'></div></div>"
     )
     body = "".join(
-        f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{html.escape(v)}</td></tr>" for k, v in rows
+        f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{html.escape(v)}</td></tr>"
+        for k, v in rows
     )
     return f"<table>{body}</table>{verdict}: {min(e.batch_share_of_budget, 9.99):.0%} of the KV budget{bar}"
 
@@ -284,7 +293,9 @@ def kv_cache_calculator(preset: str = "llama-3-8b", gpu: str = "H100-SXM", weigh
     import ipywidgets as w
 
     style = {"description_width": "150px"}
-    presets = w.Dropdown(options=sorted(memory.PRESETS), value=preset, description="model preset", style=style)
+    presets = w.Dropdown(
+        options=sorted(memory.PRESETS), value=preset, description="model preset", style=style
+    )
     layers = w.BoundedIntText(1, min=1, max=512, description="layers", style=style)
     kv_heads = w.BoundedIntText(1, min=1, max=256, description="KV heads", style=style)
     head_dim = w.BoundedIntText(2, min=2, max=1024, step=2, description="head dim", style=style)
