@@ -137,7 +137,11 @@ def rows_for(student: str, executed_dir: Path) -> list[dict]:
             if not meta.get("solution") or cell.cell_type != "code":
                 continue
             flags = sorted({why for word, why in SIDE_DOORS.items() if word in cell.source})
-            for name, code in _definitions(cell.source).items():
+            definitions = _definitions(cell.source)
+            if flags and not definitions:  # e.g. `merge = types.FunctionType(...)`: nothing to compare
+                rows.append(dict(student=student, notebook=path.stem, answer=meta.get("grade_id", ""), name="",
+                                 reference="", similarity="", flags="; ".join(flags)))  # fmt: skip
+            for name, code in definitions.items():
                 ref = _reference(checked[name], aliases) if name in checked else None
                 try:
                     ref_source = inspect.getsource(ref) if ref is not None else ""

@@ -134,3 +134,6 @@ def test_similarity_report_lists_copies_and_side_doors(graded_class):
     assert not [r for r in rows if r["student"] == "honest-full"], "an honest answer is flagged"
     framed = [r for r in rows if r["student"] == "expected-from-stack-frame"]
     assert framed and "frame inspection" in framed[0]["flags"]
+    for student, flag in (("clones-the-reference-code", "a code object"), ("getsource-exec", "inspect.getsource"),
+                          ("second-import", "importlib")):  # fmt: skip
+        assert any(r["student"] == student and flag in r["flags"] for r in rows), (student, rows)
