@@ -12,13 +12,14 @@ DEMO_ARGS ?=
 BUNDLE_ARGS ?=
 RELEASE_NB := $(patsubst solutions/%,notebooks/%,$(wildcard solutions/lab0.1/*.ipynb))
 
-.PHONY: lab test venv assets release grade demo bench lint clean help
+.PHONY: lab test venv assets sandbox release grade demo bench lint clean help
 
 help:
 	@echo "make lab      JupyterLab on your working copy $(WORKSPACE)/, seeded from notebooks/ (HOST=$(HOST) PORT=$(PORT))"
 	@echo "make test     the whole test suite (what CI runs)"
 	@echo "make release  regenerate notebooks/ (student release) from solutions/"
-	@echo "make grade    autograde the submissions in autograder/submitted/"
+	@echo "make grade    autograde the submissions in autograder/submitted/ (GRADE_ARGS='-j 4 --quick', DB_URL=...)"
+	@echo "make sandbox  install bubblewrap, the sandbox of the grading kernels (Debian: apt-get)"
 	@echo "make demo     SmolLM2 on CPU: 8 prompts batched, against HF generate"
 	@echo "make bench    the benchmark scripts in bench/"
 	@echo "make lint     ruff"
@@ -27,14 +28,25 @@ help:
 	@echo "make student-bundle dist/*.tar.gz: release, labkit, environment, student README and Makefile"
 	@echo "make clean    remove .venv and build leftovers (not the asset cache)"
 
-test: assets
+test: assets sandbox
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 release: $(STAMP)
 	$(PY) -m autograder.release $(RELEASE_ARGS)
 
-grade: assets
-	$(PY) -m autograder.grade $(GRADE_ARGS)
+# The grading kernels run inside bubblewrap (autograder/sandbox.py). Best effort: where it cannot be
+# installed (not Debian, not root), grading still runs, with resource limits and a loud warning.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1)) || \
+	    echo "warning: could not install bubblewrap; grading runs with resource limits only"; \
+	  else echo "warning: bubblewrap (bwrap) missing: install it (Debian: sudo apt-get install bubblewrap)"; fi; }
+
+DB_URL ?=
+grade: assets sandbox
+	$(PY) -m autograder.grade $(if $(DB_URL),--db-url $(DB_URL),) $(GRADE_ARGS)
 
 demo: assets
 	$(PY) -m labkit.demo $(DEMO_ARGS)

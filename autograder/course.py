@@ -86,8 +86,13 @@ os.environ.setdefault("JUPYTER_PREFER_ENV_PATH", "1")
 CELL_TIMEOUT_S = 600
 
 
+GRADEBOOK_URL_ENV = "LABKIT_GRADEBOOK_URL"  # e.g. postgresql://grader@dbhost/course (make grade DB_URL=...)
+
+
 def db_url(root: Path | str = ROOT) -> str:
-    return "sqlite:///" + str(Path(root).resolve() / GRADEBOOK)
+    """The gradebook: $LABKIT_GRADEBOOK_URL when set (PostgreSQL for a large course), else SQLite in
+    autograder/gradebook.db."""
+    return os.environ.get(GRADEBOOK_URL_ENV) or "sqlite:///" + str(Path(root).resolve() / GRADEBOOK)
 
 
 def configure(c: Config | None = None, root: Path | str = ROOT) -> Config:

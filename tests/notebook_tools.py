@@ -2,22 +2,19 @@
 
 A mistake spec is tests/mistakes/<notebook stem>.py defining MISTAKES, a list of `Mistake`
 (format: tests/mistakes/README.md). `apply_mistake` edits a solution notebook the way a student
-would; `grade_submissions` autogrades a set of submissions in throw-away copies of the course, in
-parallel worker processes, and returns the scores and the executed notebooks.
+would; `grade_submissions` autogrades a set of submissions in a throw-away course with `make
+grade`'s machinery (parallel, sandboxed) and returns the scores and the executed notebooks.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import re
 import runpy
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import nbformat
@@ -191,52 +188,27 @@ def make_course(root: Path, submissions: dict[str, dict[str, NotebookNode]]) -> 
     return root
 
 
-def _grade_worker(root: str, students: list[str], env: dict[str, str]) -> grade.GradeRun:
-    os.environ.update(env)  # the kernels inherit the worker's environment
-    return grade.run(Path(root), students, log=lambda *_: None)
-
-
 def grade_submissions(
     base: Path,
     submissions: dict[str, dict[str, NotebookNode]],
     jobs: int = 2,
     env: dict[str, str] | None = None,
 ) -> Graded:
-    """Autograde (with feedback and CSV export) the submissions, split over `jobs` course copies.
+    """Autograde (with feedback and CSV export) the submissions in one course with `jobs` workers.
 
-    Each worker gets its own course directory and gradebook, so no SQLite file is shared; students are
-    balanced by their number of notebooks (the cost of autograding is running them). The kernels run
-    with `env` added to the environment, and with cores/jobs OpenMP threads each (unless env or the
-    caller's environment sets OMP_NUM_THREADS): parallel kernels then fill the cores without the
-    oversubscription that makes busy-waiting OpenMP threads crawl.
+    `make grade`'s own machinery: each student in a subprocess, each kernel sandboxed with cores/jobs
+    torch threads; env's LABKIT_QUICK ("1" by default) picks the notebooks' quick mode.
     """
     start = time.perf_counter()
-    jobs = max(1, min(jobs, len(submissions)))
-    groups: list[list[str]] = [[] for _ in range(jobs)]
-    load = [0] * jobs
-    for student in sorted(submissions, key=lambda s: -len(submissions[s])):
-        i = load.index(min(load))
-        groups[i].append(student)
-        load[i] += len(submissions[student])
-    roots = [make_course(base / f"worker{i}", {s: submissions[s] for s in g}) for i, g in enumerate(groups)]
-    env = dict(env or {})
-    env.setdefault(
-        "OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    )
-    with ProcessPoolExecutor(
-        jobs, mp_context=get_context("spawn")
-    ) as pool:  # also for jobs=1: env stays there
-        runs = list(pool.map(_grade_worker, [str(r) for r in roots], groups, [env] * jobs))
-    scores, autograded, feedback, seconds = {}, {}, {}, {}
-    for i, (root, students, run) in enumerate(zip(roots, groups, runs)):
-        scores.update(run.scores)
-        seconds[f"record (worker {i})"] = run.seconds["record"]
-        seconds[f"feedback (worker {i})"] = run.seconds.get("feedback", 0.0)
-        seconds.update({k: v for k, v in run.seconds.items() if k.startswith("autograde ")})
-        for student in students:
-            done = root / course.AUTOGRADED_DIR / student / course.ASSIGNMENT
-            html = root / course.FEEDBACK_DIR / student / course.ASSIGNMENT
-            autograded[student] = {p.stem: p for p in done.glob("*.ipynb")}
-            feedback[student] = {p.stem: p for p in html.glob("*.html")}
-    seconds["total"] = time.perf_counter() - start
-    return Graded(scores, autograded, feedback, seconds, roots)
+    root = make_course(base / "course", submissions)
+    quick = (env or {}).get("LABKIT_QUICK", "1") == "1"
+    options = grade.Options(jobs=max(1, min(jobs, len(submissions))), quick=quick)
+    run = grade.run(root, sorted(submissions), options=options, log=lambda *_: None)
+    autograded, feedback = {}, {}
+    for student in submissions:
+        done = root / course.AUTOGRADED_DIR / student / course.ASSIGNMENT
+        html = root / course.FEEDBACK_DIR / student / course.ASSIGNMENT
+        autograded[student] = {p.stem: p for p in done.glob("*.ipynb")}
+        feedback[student] = {p.stem: p for p in html.glob("*.html")}
+    seconds = dict(run.seconds, total=time.perf_counter() - start)
+    return Graded(run.scores, autograded, feedback, seconds, [root])

@@ -733,3 +733,61 @@ def test_short_reprs_say_how_long_things_are():
     assert "... (500 items)" in g.short(list(range(500)), 60)
     assert g.short(torch.arange(20)).startswith("tensor(shape=(20,), dtype=torch.int64, [0, 1, 2")
     assert g.short((1,)) == "(1,)" and g.short(set()) == "set()"
+
+
+# --------------------------------------------------------------------------------------------------
+# Two modes: a student's kernel (print, go on) and the autograder (raise); self_check
+# --------------------------------------------------------------------------------------------------
+
+
+def _wrong_double(x):
+    return x * 3
+
+
+def _double(x):
+    return x * 2
+
+
+def test_failed_check_shows_message_not_traceback():
+    with pytest.raises(CheckFailed) as info:
+        g.check_function(_wrong_double, _double, [g.case(2)], verbose=False)
+    lines = info.value._render_traceback_()
+    assert lines[0].startswith("CheckFailed: _wrong_double: wrong result") and "Traceback" not in "".join(lines)
+
+
+def test_in_a_students_kernel_a_failed_check_prints_and_returns(monkeypatch, capsys):
+    from labkit.grading import checks
+
+    monkeypatch.setattr(checks, "_interactive", lambda: True)
+    assert g.check_function(_wrong_double, _double, [g.case(2)]) is None  # Run All goes on
+    out = capsys.readouterr().out
+    assert out.startswith("✗ _wrong_double: wrong result") and "expected:   4" in out
+    assert checks.RESULTS[-1].passed is False
+
+
+def test_under_the_autograder_the_seed_cannot_be_pinned(monkeypatch):
+    from labkit.grading import checks
+
+    monkeypatch.setenv(g.SEED_ENV, "7")
+    assert checks._fresh_seed(None) == 7
+    monkeypatch.setattr(checks, "GRADED", True)
+    assert {checks._fresh_seed(None) for _ in range(5)} != {7}
+
+
+def test_self_check_lists_visible_tests(tmp_path, capsys):
+    import nbformat
+
+    from autograder.authoring import notebook, readonly, tests
+
+    cells = [
+        readonly("from labkit import grading as g", "setup"),
+        tests("g.check_function(double, lambda x: x * 2, [g.case(3)])", "t1-double-tests", points=2),
+        tests("g.check_function(triple, lambda x: x * 3, [g.case(3)])", "t2-triple-tests", points=1),
+    ]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(notebook(cells), str(path))
+    namespace = {"g": g, "double": lambda x: x * 2, "triple": lambda x: x * 2}
+    g.self_check(path, namespace=namespace)
+    out = capsys.readouterr().out
+    assert "PASS  t1-double-tests" in out and "FAIL  t2-triple-tests" in out
+    assert "wrong result" in out and "2 of 3 points pass the visible tests" in out

@@ -1,0 +1,147 @@
+"""Values across the sandbox's wall, as JSON: never pickle, never eval what the student's kernel sends.
+
+`encode(x, handles)` turns a value into JSON-able data: None, bools, ints, floats and strings as
+themselves; lists, tuples, dicts (any keys), sets, bytes, dataclass instances, numpy arrays and
+torch tensors (dtype, shape and the raw bytes, base64) as tagged objects. Anything else becomes a
+handle (`{"$h": n}`) when a `handles` registry is given (the kernel keeps its objects and the grader
+gets a proxy), else raises `Unsendable`. `decode(data, handle)` rebuilds the value; `handle(n, info)`
+makes what a handle decodes to. Both sides import only the standard library (numpy and torch when
+an array arrives). This file is also sent as source text into the student's kernel, which keeps
+its own copy: editing it there changes only what that student's kernel sends.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import sys
+from typing import Any
+
+
+class Unsendable(TypeError):
+    """A value that cannot cross the wall (a function, a reference object, ...)."""
+
+
+def _tensor_bytes(t) -> tuple[str, bytes]:
+    import torch
+
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return "bfloat16", t.view(torch.int16).numpy().tobytes()
+    return str(t.dtype).replace("torch.", ""), t.numpy().tobytes()
+
+
+def encode(x: Any, handles: dict | None = None, depth: int = 0) -> Any:
+    if depth > 64:
+        raise Unsendable("nested more than 64 levels")
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if isinstance(x, int):
+        return x if abs(x) < 2**53 else {"$i": str(x)}
+    if isinstance(x, float):
+        return {"$f": repr(x)}
+    enc = lambda v: encode(v, handles, depth + 1)  # noqa: E731
+    if isinstance(x, list):
+        return {"$l": [enc(v) for v in x]}
+    if isinstance(x, tuple) and not hasattr(x, "_fields"):
+        return {"$t": [enc(v) for v in x]}
+    if isinstance(x, dict):
+        return {"$d": [[enc(k), enc(v)] for k, v in x.items()]}
+    if isinstance(x, (set, frozenset)):
+        return {"$s": [enc(v) for v in x], "frozen": isinstance(x, frozenset)}
+    if isinstance(x, (bytes, bytearray)):
+        return {"$b": base64.b64encode(bytes(x)).decode()}
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        dtype, raw = _tensor_bytes(x)
+        return {"$T": dtype, "shape": list(x.shape), "data": base64.b64encode(raw).decode()}
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(x, np.ndarray) and x.dtype != object:
+        raw = np.ascontiguousarray(x).tobytes()
+        return {"$A": x.dtype.str, "shape": list(x.shape), "data": base64.b64encode(raw).decode()}
+    if np is not None and isinstance(x, np.generic):
+        return enc(x.item())
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        fields = {f.name: enc(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        label = f"{type(x).__module__}.{type(x).__qualname__}"
+        return {"$dc": type(x).__name__, "type": label, "fields": fields}
+    if handles is not None:
+        key = len(handles) + 1
+        handles[key] = x
+        return {"$h": key, "type": type(x).__name__, "callable": callable(x)}
+    raise Unsendable(f"a {type(x).__name__} cannot be sent to or from the student's kernel")
+
+
+def _labkit_dataclass(label: str):
+    """The dataclass type `label` names when it is one of labkit's (nothing else is imported)."""
+    import importlib
+
+    module, _, qualname = label.rpartition(".")
+    if not (module == "labkit" or module.startswith("labkit.")) or not qualname.isidentifier():
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        return None
+    return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
+
+
+def decode(data: Any, handle=None) -> Any:
+    if data is None or isinstance(data, (bool, int, str)):
+        return data
+    if isinstance(data, list):  # plain JSON lists only appear inside tagged objects
+        return [decode(v, handle) for v in data]
+    if not isinstance(data, dict) or len(data) == 0:
+        raise ValueError(f"not a wire value: {str(data)[:80]}")
+    dec = lambda v: decode(v, handle)  # noqa: E731
+    if "$i" in data:
+        return int(data["$i"])
+    if "$f" in data:
+        return float(data["$f"])
+    if "$l" in data:
+        return [dec(v) for v in data["$l"]]
+    if "$t" in data:
+        return tuple(dec(v) for v in data["$t"])
+    if "$d" in data:
+        return {dec(k): dec(v) for k, v in data["$d"]}
+    if "$s" in data:
+        items = [dec(v) for v in data["$s"]]
+        return frozenset(items) if data.get("frozen") else set(items)
+    if "$b" in data:
+        return base64.b64decode(data["$b"])
+    if "$T" in data:
+        import numpy as np
+        import torch
+
+        raw = base64.b64decode(data["data"])
+        shape = [int(s) for s in data["shape"]]
+        if data["$T"] == "bfloat16":
+            return torch.from_numpy(np.frombuffer(raw, dtype=np.int16).copy()).view(torch.bfloat16).reshape(shape)
+        dtype = getattr(torch, str(data["$T"]))
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"not a torch dtype: {data['$T']!r}")
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        return torch.from_numpy(np.frombuffer(raw, dtype=np_dtype).copy()).reshape(shape)
+    if "$A" in data:
+        import numpy as np
+
+        dtype = np.dtype(str(data["$A"]))
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        return np.frombuffer(base64.b64decode(data["data"]), dtype=dtype).reshape(data["shape"]).copy()
+    if "$dc" in data:
+        name = str(data["$dc"])
+        fields = {str(k): dec(v) for k, v in data["fields"].items()}
+        cls = _labkit_dataclass(str(data.get("type", "")))
+        if cls is not None and set(fields) == {f.name for f in dataclasses.fields(cls)}:
+            obj = object.__new__(cls)  # labkit's own type, with its properties and methods
+            for k, v in fields.items():
+                object.__setattr__(obj, k, v)
+            return obj
+        cls = dataclasses.make_dataclass(name if name.isidentifier() else "Received", list(fields))
+        return cls(**fields)
+    if "$h" in data:
+        if handle is None:
+            raise ValueError("a handle where none is expected")
+        return handle(int(data["$h"]), data)
+    raise ValueError(f"not a wire value: {str(data)[:80]}")
