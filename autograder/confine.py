@@ -235,6 +235,10 @@ class Remote:
         # mock.patch.dict(globals(), merge=lt.merge)) so that the student's code uses the reference's
         # helper instead of their own; the kernel binds the same names during each call.
         self.patches = lambda: {}
+        # {name: labkit object}: what a check substitutes for the student's helpers with
+        # mock.patch.dict(fn.__globals__, ...) (labkit.exercises.common.substituted); a proxy's
+        # __globals__ is this dict, and each call asks the kernel to bind the same names.
+        self.overrides: dict[str, Any] = {}
         self.unsendable = ""  # set when an argument could not be sent: the cell is judged in the kernel
         self._memo: dict[int, tuple[Any, str, Any]] = {}  # id(arg) -> (arg, key, encoded)
         self._sent: dict[str, Any] = {}  # memo keys the kernel already holds
@@ -283,7 +287,8 @@ class Remote:
         self._sent.update(first)
         sent.update(big=big, memo=first)
         payload = {"op": "call", **target, **sent, "forbid": list(dict.fromkeys(ACTIVE_LABELS)),
-                   "patch": self.patches()}  # fmt: skip
+                   "patch": {**self.patches(), **{k: f"{v.__module__}.{v.__qualname__}"
+                                                  for k, v in self.overrides.items()}}}  # fmt: skip
         reply = self.link.request(payload)
         if "error" in reply:
             raise _exception(reply)
@@ -349,6 +354,7 @@ class RemoteFunction:
     def __init__(self, remote: Remote, name: str, params: list[str]) -> None:
         self._remote, self.__name__, self.__qualname__ = remote, name, name
         self.__signature__ = _signature(params)
+        self.__globals__ = remote.overrides
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._remote.call({"name": self.__name__}, args, kwargs)
@@ -393,7 +399,8 @@ def remote_class(remote: Remote, name: str, params: list[str]) -> type:
             return obj
         return obj
 
-    cls = type(name, (), {"__new__": __new__, "__signature__": _signature(params), "__module__": "student"})
+    cls = type(name, (), {"__new__": __new__, "__signature__": _signature(params), "__module__": "student",
+                          "__globals__": remote.overrides})
     return cls
 
 
