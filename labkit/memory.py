@@ -11,8 +11,9 @@ What it does:
     many sequences fit on a GPU, and roofline lower bounds for a decode step and a prefill.
   - `format_bytes` keeps decimal (kB, MB, GB: powers of 1000) and binary (KiB, MiB, GiB: powers of
     1024) units apart: 409,600,000 bytes is 409.6 MB = 390.6 MiB.
-  - The lab's §2.3 13B table as printed (`lab_table_13b`) next to a corrected one
-    (`corrected_table_13b`); see ERRATA items 5, 8, 9 and 10.
+  - The 13B memory table as the lab text prints it (`lab_table_13b`) next to a corrected one
+    (`corrected_table_13b`): Adam keeps two fp32 moments (8 bytes per parameter, not 4), and a
+    decode step is bounded by reading every weight once (milliseconds, not < 0.1 ms).
 
 What it does not do: measure anything on a device (the bounds are lower bounds from datasheet
 numbers), model tensor-parallel sharding, allocator overheads or CUDA context memory, or count
@@ -594,7 +595,8 @@ _NOMINAL_13B = 13 * 10**9  # the lab rounds the parameter count to 13e9
 def lab_table_13b() -> list[TableRow]:
     """The lab's §2.3 table, recomputed from its own assumptions (13e9 parameters; training with
     2 bytes weights + 2 bytes gradients + 4 bytes "optimizer states" per parameter). The notes say
-    which rows hold and which do not (ERRATA 8)."""
+    which rows hold and which do not (its optimizer row counts 4 bytes per parameter where Adam's two
+    fp32 moments take 8)."""
     n = _NOMINAL_13B
     fp16, int4 = weight_bytes(n, "fp16"), weight_bytes(n, "int4")
     lab_optimizer = 4 * n  # 52 GB: what the lab printed
@@ -723,7 +725,7 @@ def decode_step_bound(shape: ModelShape | str, gpu: GPUSpec | str, *, batch_size
                       context_len: int = 0, weight_dtype: Any = "bf16", kv_dtype: Any = "bf16") -> StepBound:
     """Lower bound on one decode step: every weight is read once, each sequence reads its
     `context_len` cached tokens' K/V and writes one new token's. Llama-2-13B in fp16 on H100-SXM:
-    7.7 ms (ERRATA 9: not < 0.1 ms)."""
+    7.7 ms, not the < 0.1 ms sometimes quoted."""
     s_, gpu = _shape(shape), get_gpu(gpu)
     b = _check_int("batch_size", batch_size)
     ctx = _check_int("context_len", context_len, minimum=0)
@@ -746,7 +748,7 @@ def prefill_bound(shape: ModelShape | str, gpu: GPUSpec | str, num_tokens: int, 
 
 
 # ----------------------------------------------------------------------------------------------
-# Chapter 3: what the KV cache saves (ERRATA 10)
+# Chapter 3: what the KV cache saves (token-forwards with and without it)
 
 
 def token_forwards(num_tokens: int, cached: bool) -> int:

@@ -187,7 +187,7 @@ def test_lab_embedding_example_keeps_mb_and_mib_apart():
 def test_embedding_share_of_a_13b_model_is_about_1_3_percent_not_2_to_3():
     frac = memory.embedding_fraction("llama-2-13b")
     assert frac == 32000 * 5120 / PRESETS["llama-2-13b"].num_params
-    assert 0.012 < frac < 0.013  # ERRATA 5
+    assert 0.012 < frac < 0.013  # the embedding is about 1.25% of the parameters
 
 
 def test_lab_13b_table_right_rows_and_wrong_row():
@@ -199,7 +199,7 @@ def test_lab_13b_table_right_rows_and_wrong_row():
     assert rows["Total"].training == 144 * 10**9  # 26 + 26 + 52 + 40: consistent with its wrong row
     shape = PRESETS["smollm2-135m"]  # ...while Adam's m and v take 8 bytes per parameter:
     assert memory.training_footprint(shape, 1, 1).optimizer_states == 8 * shape.num_params
-    assert 2 * memory.weight_bytes(13 * 10**9, "fp32") == 104 * 10**9  # 104 GB for 13e9 (ERRATA 8)
+    assert 2 * memory.weight_bytes(13 * 10**9, "fp32") == 104 * 10**9  # two fp32 moments: 104 GB for 13e9, not 52
 
 
 def test_corrected_13b_table_is_16_bytes_per_param_plus_activations():
@@ -274,7 +274,7 @@ def test_decode_flops_match_torch_flop_counter():
 
 
 # ---------------------------------------------------------------------------------------------
-# Chapter 3: what the cache saves (ERRATA 10)
+# Chapter 3: what the cache saves (token-forwards with and without it)
 
 
 def test_token_forwards_and_dot_products_for_100_tokens():
@@ -309,7 +309,7 @@ def test_decode_of_13b_fp16_on_h100_is_milliseconds_not_0_1_ms():
     read = 2 * (shape.num_params - 32000 * 5120 + 5120) + memory.kv_cache_bytes_per_token(shape)
     assert bound.bytes_moved == read
     assert bound.memory_s == pytest.approx(read / 3.35e12)
-    assert 7e-3 < bound.seconds < 8.5e-3 and bound.bound == "memory"  # ERRATA 9: ~8 ms, not < 0.1 ms
+    assert 7e-3 < bound.seconds < 8.5e-3 and bound.bound == "memory"  # ~8 ms, not < 0.1 ms
     faster = memory.decode_step_bound("llama-2-13b", memory.get_gpu("H100-SXM", memory_bandwidth=6.7e12),
                                       weight_dtype="fp16")
     assert faster.memory_s == pytest.approx(bound.memory_s / 2)
