@@ -72,8 +72,6 @@ def for_model(cache_cls: type, model: torch.nn.Module, max_len: int):
 def forward(model: torch.nn.Module, cache, new_ids: Sequence[int]) -> torch.Tensor:
     """Run `new_ids` through labkit's Llama `model` at positions len(cache), len(cache) + 1, ...,
     appending their K/V to `cache` layer by layer; returns the logits after the last new token (vocab,)."""
-    from labkit.model import apply_rope
-
     ids = torch.tensor([int(t) for t in new_ids], dtype=torch.int64, device=model.device)  # (T,)
     if ids.numel() == 0:
         raise ValueError("forward needs at least one new token id")
@@ -87,12 +85,7 @@ def forward(model: torch.nn.Module, cache, new_ids: Sequence[int]) -> torch.Tens
     for index, layer in enumerate(inner.layers):
         attn = layer.self_attn
         x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(T, attn.num_heads, attn.head_dim)  # (T, H, D)
-        k = attn.k_proj(x).view(T, attn.num_kv_heads, attn.head_dim)  # (T, H_kv, D)
-        v = attn.v_proj(x).view(T, attn.num_kv_heads, attn.head_dim)
-        if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = attn.qkv(x, cos, sin)  # (T, H, D), (T, H_kv, D), (T, H_kv, D)
         cache.append(index, k, v)
         k_all, v_all = cache.view(index)  # (start + T, H_kv, D)
         o = F.scaled_dot_product_attention(

@@ -13,7 +13,7 @@ sequence's cache; `forward(new_ids)` runs only the new tokens), `last_token_logi
 again, nothing kept), `count_token_forwards` (a hook counting positions through the decoder stack),
 `time_decode` and `time_uncached_steps` (wall-clock per step). Small references the chapters check
 students against: `decode_attention` (one decode step over a contiguous cache, via labkit's paged
-attention), `toy_training_step` (a random MLP after one AdamW step). Facts about files and hardware:
+attention), `random_mlp` and `toy_training_step` (a random MLP after one AdamW step). Facts about files and hardware:
 `gguf_tensor_bytes` (bytes per quantization type, from a GGUF's tensor table), `copy_bandwidth`.
 
 What it measures: parameters, gradients (`.grad` after `backward()`), optimizer state (the tensors in
@@ -444,23 +444,30 @@ def greedy_decode(
 
 
 # ------------------------------------------------------------------------ references for chapter 2 and 3
-def toy_training_step(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """A small random MLP (fp32 or bf16, 1-4 layers) and its AdamW after ONE step on random data.
+def random_mlp(seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """(model, x): a small random MLP (fp32 or bf16, 1-4 Linear layers with or without bias, ReLU, Tanh
+    or GELU between them, weights drawn from N(0, 1)) and an input batch x (1-8 rows) in its dtype.
 
     Drawn from `seed`, so a check can rebuild the same setup for the student's code and the reference."""
     g = torch.Generator().manual_seed(seed)
     pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
     dtype = (torch.float32, torch.bfloat16)[pick(0, 1)]
     widths = [pick(2, 24) for _ in range(pick(2, 5))]
+    activations = (torch.nn.ReLU, torch.nn.Tanh, torch.nn.GELU)
     layers: list[torch.nn.Module] = []
     for a, b in zip(widths, widths[1:]):
-        layers += [torch.nn.Linear(a, b, bias=bool(pick(0, 1))), torch.nn.ReLU()]
+        layers += [torch.nn.Linear(a, b, bias=bool(pick(0, 1))), activations[pick(0, 2)]()]
     model = torch.nn.Sequential(*layers[:-1]).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g).to(dtype))
+    return model, torch.randn(pick(1, 8), widths[0], generator=g).to(dtype)
+
+
+def toy_training_step(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """`random_mlp(seed)` and its AdamW after ONE step on the mean square of its output."""
+    model, x = random_mlp(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
-    x = torch.randn(pick(1, 8), widths[0], generator=g).to(dtype)
     model(x).float().pow(2).mean().backward()
     optimizer.step()
     return model, optimizer

@@ -190,16 +190,19 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, c.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, c.rms_norm_eps)
 
-    def forward(self, x, cos, sin, kv_cache, meta):  # x (T, hidden) -> (T, hidden)
+    def qkv(self, x, cos, sin):  # x (T, hidden) -> q (T, H, D), k and v (T, Hkv, D), q and k rotated
         T = x.shape[0]
-        q = self.q_proj(x).view(T, self.num_heads, self.head_dim)  # (T, H, D)
-        k = self.k_proj(x).view(T, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        q = self.q_proj(x).view(T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, kv_cache, meta):  # x (T, hidden) -> (T, hidden)
+        q, k, v = self.qkv(x, cos, sin)
         o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, backend=self.attn_backend)
-        return self.o_proj(o.reshape(T, self.num_heads * self.head_dim))
+        return self.o_proj(o.reshape(x.shape[0], self.num_heads * self.head_dim))
 
 
 class LlamaMLP(nn.Module):

@@ -90,16 +90,8 @@ def check_adam_footprint(fn, hidden: bool = False) -> None:
 
 # ------------------------------------------------------------------------------------ Task 5
 def toy_model_and_loss(seed: int):
-    """(model, loss_fn): a small random MLP (fp32 or bf16) and a loss over a random batch, from `seed`."""
-    gen = torch.Generator().manual_seed(seed)
-    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
-    dtype = (torch.float32, torch.bfloat16)[pick(0, 1)]
-    widths = [pick(2, 24) for _ in range(pick(2, 5))]
-    layers: list[torch.nn.Module] = []
-    for a, b in zip(widths, widths[1:]):
-        layers += [torch.nn.Linear(a, b), (torch.nn.ReLU, torch.nn.Tanh, torch.nn.GELU)[pick(0, 2)]()]
-    model = torch.nn.Sequential(*layers[:-1]).to(dtype)
-    x = torch.randn(pick(1, 8), widths[0], generator=gen).to(dtype)
+    """(model, loss_fn): measure.random_mlp(seed) and the mean square of its output on its batch."""
+    model, x = measure.random_mlp(seed)
     return model, lambda m: m(x).float().pow(2).mean()
 
 
