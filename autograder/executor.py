@@ -35,6 +35,7 @@ from typing import Any
 import nbformat
 from nbformat.notebooknode import NotebookNode
 
+import labkit
 from autograder import confine, sandbox
 
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
@@ -164,7 +165,12 @@ class _Client:
         from nbclient import NotebookClient
 
         uid = limits.policy.uid
-        wrap_args = (scratch, course_root, limits.policy.uid, [_assets_home(), Path(sys.base_prefix).resolve()])
+        # What the kernel must read where the sandbox's private /tmp and /root would hide it: the asset
+        # cache, the interpreter, the virtual environment and the labkit package (not the whole checkout:
+        # its solutions/ and autograder/ stay out of reach).
+        readable = [_assets_home(), Path(sys.base_prefix).resolve(), Path(sys.prefix),
+                    Path(labkit.__file__).resolve().parent]
+        wrap_args = (scratch, course_root, limits.policy.uid, readable)
 
         class SandboxedKernel(AsyncKernelManager):
             def format_kernel_cmd(self, extra_arguments=None):
