@@ -16,15 +16,15 @@ def _pyproject_pins() -> dict[str, str]:
 
 
 def _split(req: str) -> tuple[str, str]:
-    m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([A-Za-z0-9_.+-]+)\s*", req)
-    assert m, f"{req!r} is not an exact pin (name==version); every dependency is pinned"
+    m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)(?:\[[A-Za-z0-9_.,-]+\])?\s*==\s*([A-Za-z0-9_.+-]+)\s*", req)
+    assert m, f"{req!r} is not an exact pin (name[extras]==version); every dependency is pinned"
     return m.group(1).lower().replace("_", "-"), m.group(2)
 
 
 def _environment_yml_pins() -> dict[str, str]:
     pins = {}
     for line in (ROOT / "environment.yml").read_text().splitlines():
-        m = re.match(r"\s*-\s+([A-Za-z0-9_.-]+==\S+)\s*$", line)
+        m = re.match(r"\s*-\s+([A-Za-z0-9_.\[\],-]+==\S+)\s*$", line)
         if m:
             k, v = _split(m.group(1))
             pins[k] = v
