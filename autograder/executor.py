@@ -233,6 +233,19 @@ class _Client:
         except Exception:
             pass
 
+    def run_prelude(self, source: str) -> None:
+        """Run `source` before the notebook's cells, leaving no trace in the notebook.
+
+        nbclient stores an executed cell back at nb.cells[index], so the prelude runs as a cell
+        appended for the moment and taken out again (index -1 would overwrite the last cell).
+        """
+        cells = self.client.nb.cells
+        cells.append(nbformat.v4.new_code_cell(source))
+        try:
+            self.run(cells[-1], len(cells) - 1, source)
+        finally:
+            cells.pop()
+
     def run(self, cell: NotebookNode, index: int, source: str) -> list[NotebookNode]:
         """Run `source` as cell `index`; the outputs. Raises CellTimeoutError or DeadKernelError."""
         saved = cell.source
@@ -327,7 +340,7 @@ def execute(
         try:
             with _Client(nb, scratch, course_root, limits, env, log_file) as client:
                 prelude = PRELUDE + (confine.kernel_prelude() if limits.confine else "")
-                client.run(nbformat.v4.new_code_cell(prelude), -1, prelude)
+                client.run_prelude(prelude)
                 for i in list(done):  # after a restart: the cells that ran before, outputs kept
                     if limits.confine and is_test_cell(cells[i]):
                         continue  # judged here, never run in the kernel

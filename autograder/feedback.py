@@ -19,7 +19,12 @@ from nbformat.notebooknode import NotebookNode
 
 from autograder.executor import is_test_cell, split_test
 
-_PATH = re.compile(r"(?<![\w.])/(?:root|work|tmp|home|usr|opt|var|srv|mnt|etc|proc)(?:/[^\s'\"`:,;)\]>]*)*")
+# an absolute path: one of the usual top folders, or any path of two or more parts (/check/work/x.py);
+# a URL's path (https://host/a/b) and a ratio (tok/s, 1/2) are not preceded by a space or bracket
+_PATH = re.compile(
+    r"(?<![\w.:/])/(?:[\w.@+~-]+/)+[^\s'\"`:,;)\]>]*"
+    r"|(?<![\w.])/(?:root|work|tmp|home|usr|opt|var|srv|mnt|etc|proc|check)(?:/[^\s'\"`:,;)\]>]*)*"
+)
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 

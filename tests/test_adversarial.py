@@ -110,10 +110,13 @@ def test_feedback_hides_hidden_tests_and_paths(graded_class):
     for sub in CORPUS:
         page = root / course.FEEDBACK_DIR / sub.name / course.ASSIGNMENT / f"{STEM}.html"
         text = page.read_text()
-        for secret in ("SECRET-HINT", "BEGIN HIDDEN", "g.args(", str(root), "/root/", "/tmp/", "/work/"):
+        # the grader's own set-up code (prelude, wire) never shows as a cell
+        setup = ("_labkit_no_exit", "def _labkit_server")
+        for secret in ("SECRET-HINT", "BEGIN HIDDEN", "g.args(", str(root), "/root/", "/tmp/", "/work/", *setup):
             assert secret not in text, f"{sub.name}'s feedback shows {secret!r}"
     partial = (root / course.FEEDBACK_DIR / "honest-partial" / course.ASSIGNMENT / f"{STEM}.html").read_text()
     assert "t2-pairs-tests" in partial and "FAIL" in partial and "wrong result" in partial
+    assert "# try your merge" in partial, "the notebook's last cell is missing from the graded notebook"
 
 
 def test_a_second_run_grades_nothing_again(graded_class):
