@@ -67,22 +67,27 @@ class CUDAGraphRunner(ModelRunner):
     ):
         super().__init__(model, kv_caches, block_size, device)
         assert self.device.type == "cuda", "CUDA graphs need a CUDA device"
-        self.capture_sizes = sorted(capture_sizes or default_capture_sizes(max_num_seqs))
-        n, self.max_blocks = self.capture_sizes[-1], -(-max_model_len // block_size)
+        self._init_buffers(capture_sizes or default_capture_sizes(max_num_seqs), max_model_len)
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, AttentionMetadata]] = {}
+        self._pool = None
+        self._capture()
+
+    def _init_buffers(self, capture_sizes: Sequence[int], max_model_len: int) -> None:
+        """The persistent input buffers (no graphs yet: tests fill them on the CPU)."""
+        self.capture_sizes = sorted(capture_sizes)
+        n, self.max_blocks = self.capture_sizes[-1], -(-max_model_len // self.block_size)
         self.max_model_len = max_model_len
         # one flat int64 buffer, on the host (pinned) and on the device: ids | positions | slots | lengths | tables
         size = 4 * n + n * self.max_blocks
-        self._host = torch.zeros(size, dtype=torch.int64, pin_memory=True)
+        self._host = torch.zeros(size, dtype=torch.int64, pin_memory=self.device.type == "cuda")
         self._host_np = self._host.numpy()
         self._dev = torch.zeros(size, dtype=torch.int64, device=self.device)
         self._n = n
         self._query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=self.device)
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, AttentionMetadata]] = {}
-        self._pool = None
         self.num_graph_steps = self.num_eager_steps = 0  # steps run each way (for tests and benchmarks)
         self._rows = [(None, 0)] * n  # (request id, blocks written) of each row of the host block tables
+        self._num_filled = n  # rows that may hold a request's inputs (the rest is padding already)
         self._reset_padding(n)
-        self._capture()
 
     # views into the flat buffers
     def _parts(self, buf):
@@ -142,6 +147,35 @@ class CUDAGraphRunner(ModelRunner):
             return None
         return next(bs for bs in self.capture_sizes if bs >= n)
 
+    def _fill_host(self, scheduled: Sequence[ScheduledRequest]) -> int:
+        """Write a decode step's inputs into the pinned host buffer; rows n.. become padding. -> n.
+
+        Per request a few list reads: the new token, its position, the block it lands in, and the
+        block-table entries its row of the host table does not hold yet (a row keeps its request's
+        table between steps; it only grows, by one block every block_size steps)."""
+        n, B = len(scheduled), self.block_size
+        ids, pos, slots, lens, tables = self._parts(self._host_np)
+        pos[:n] = np.fromiter((s.num_computed_tokens for s in scheduled), dtype=np.int64, count=n)
+        ids[:n] = np.fromiter((s.token_ids[0] for s in scheduled), dtype=np.int64, count=n)
+        num_blocks = np.fromiter(map(len, (s.block_table for s in scheduled)), dtype=np.int64, count=n)
+        rows = self._rows
+        for i, s in enumerate(scheduled):
+            bt, (rid, done) = s.block_table, rows[i]
+            if done == len(bt) and rid == s.request_id and tables[i, done - 1] == bt[-1]:
+                continue  # the row already holds this table (a decode inside its last block)
+            if rid != s.request_id or done > len(bt) or (done and tables[i, done - 1] != bt[done - 1]):
+                done = 0  # another request in this row, or its table changed: write it whole
+            tables[i, done : len(bt)] = bt[done:]
+            rows[i] = (s.request_id, len(bt))
+        np.add(pos[:n], 1, out=lens[:n])
+        last = tables[np.arange(n), pos[:n] // B]  # (n,) the block of each new token
+        slots[:n] = last * B + pos[:n] % B
+        assert (num_blocks > pos[:n] // B).all(), "a block table does not cover its new token"
+        if self._num_filled > n:
+            self._reset_padding(n)
+        self._num_filled = n
+        return n
+
     @torch.inference_mode()
     def execute_model(self, scheduled: Sequence[ScheduledRequest]) -> tuple[torch.Tensor, list[str]]:
         bs = self.graph_size(scheduled)
@@ -150,25 +184,15 @@ class CUDAGraphRunner(ModelRunner):
             self._rows = [(None, 0)] * self._n  # a preempted request may come back with other blocks
             return super().execute_model(scheduled)
         self.num_graph_steps += 1
-        n, B = len(scheduled), self.block_size
-        ids, pos, slots, lens, tables = self._parts(self._host_np)
-        positions = np.fromiter((s.num_computed_tokens for s in scheduled), dtype=np.int64, count=n)
-        ids[:n] = [s.token_ids[0] for s in scheduled]
-        pos[:n] = positions
-        lens[:n] = positions + 1
-        last_block = np.fromiter((s.block_table[p // B] for s, p in zip(scheduled, positions.tolist())), np.int64, n)
-        slots[:n] = last_block * B + positions % B
-        for i, s in enumerate(scheduled):  # block tables only grow: write the new blocks of a row's request
-            bt, (rid, done) = s.block_table, self._rows[i]
-            if rid != s.request_id or done > len(bt) or (done and tables[i, done - 1] != bt[done - 1]):
-                done = 0  # another request in this row, or its table changed: write it whole
-            tables[i, done : len(bt)] = bt[done:]
-            self._rows[i] = (s.request_id, len(bt))
-        self._reset_padding(n)
+        n = self._fill_host(scheduled)
+        return self._replay(bs, n), [s.request_id for s in scheduled]
+
+    def _replay(self, bs: int, n: int) -> torch.Tensor:
+        """One host-to-device copy of the inputs, one graph launch: -> logits (n, vocab) (a view)."""
         self._dev.copy_(self._host, non_blocking=True)
         graph, logits, _ = self._graphs[bs]
         graph.replay()
-        return logits[:n], [s.request_id for s in scheduled]
+        return logits[:n]
 
 
 def make_runner(model: torch.nn.Module, kv_cache, device: torch.device, config, max_num_seqs: int) -> ModelRunner:

@@ -1,10 +1,12 @@
-"""Fused elementwise kernels (Triton, CUDA only) for the model's RMSNorm and RoPE.
+"""Fused elementwise kernels (Triton, CUDA only) for the model's RMSNorm, RoPE and SwiGLU activation.
 
 In torch, RMSNorm is 8 kernels (cast, square, mean, add, rsqrt, multiply, cast, scale) and RoPE 7 per
 tensor. A decode step of a 28-layer model runs them about 1,100 times on rows of a few KB, where each
 kernel costs its launch latency (a couple of microseconds even inside a CUDA graph), not its bytes.
 Here each is one kernel, computing the same function with the same roundings as labkit/model.py's
-torch code (statistics in float32, the result rounded to the input dtype where torch rounds it).
+torch code (statistics in float32, the result rounded to the input dtype where torch rounds it). Two
+are fused further: Qwen3's per-head q/k RMSNorm with the RoPE that follows it (4 kernels a layer -> 2)
+and SwiGLU's silu(gate) * up (2 -> 1).
 labkit/model.py calls them for CUDA tensors when triton is installed; LABKIT_FUSED=0 turns them off.
 """
 
@@ -67,12 +69,46 @@ def _kernels():
         tl.store(out_ptr + row * 2 * HALF + i, o1.to(dt))
         tl.store(out_ptr + row * 2 * HALF + HALF + i, o2.to(dt))
 
-    return triton, rms_norm_kernel, rope_kernel
+    @triton.jit
+    def rms_norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, heads, eps, HALF: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)  # one (token, head) row: RMSNorm over it, then RoPE
+        t = row // heads
+        i = tl.arange(0, HALF)
+        dt = out_ptr.dtype.element_ty
+        x1 = tl.load(x_ptr + row * 2 * HALF + i).to(tl.float32)
+        x2 = tl.load(x_ptr + row * 2 * HALF + HALF + i).to(tl.float32)
+        rstd = 1.0 / tl.sqrt((tl.sum(x1 * x1, 0) + tl.sum(x2 * x2, 0)) / (2 * HALF) + eps)
+        w1 = tl.load(w_ptr + i).to(tl.float32)
+        w2 = tl.load(w_ptr + HALF + i).to(tl.float32)
+        xt = x_ptr.dtype.element_ty  # torch: weight * (x32 * rstd).to(x.dtype), in the promoted dtype
+        x1 = (w1 * (x1 * rstd).to(xt).to(tl.float32)).to(dt)
+        x2 = (w2 * (x2 * rstd).to(xt).to(tl.float32)).to(dt)
+        c1 = tl.load(cos_ptr + t * 2 * HALF + i).to(dt)
+        c2 = tl.load(cos_ptr + t * 2 * HALF + HALF + i).to(dt)
+        s1 = tl.load(sin_ptr + t * 2 * HALF + i).to(dt)
+        s2 = tl.load(sin_ptr + t * 2 * HALF + HALF + i).to(dt)
+        o1 = (x1 * c1).to(dt) + (-x2 * s1).to(dt)  # as rope_kernel
+        o2 = (x2 * c2).to(dt) + (x1 * s2).to(dt)
+        tl.store(out_ptr + row * 2 * HALF + i, o1.to(dt))
+        tl.store(out_ptr + row * 2 * HALF + HALF + i, o2.to(dt))
+
+    @triton.jit
+    def silu_mul_kernel(gate_ptr, up_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        dt = out_ptr.dtype.element_ty
+        g = tl.load(gate_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(up_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)  # torch: silu rounded to the dtype, then * up
+        tl.store(out_ptr + row * n_cols + cols, (act * u).to(dt), mask=mask)
+
+    return triton, rms_norm_kernel, rope_kernel, rms_norm_rope_kernel, silu_mul_kernel
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x (..., dim) -> weight * (x / rms(x)) in x's dtype, like labkit.model.RMSNorm."""
-    triton, kernel, _ = _kernels()
+    triton, kernel = _kernels()[:2]
     x2 = x.reshape(-1, x.shape[-1])
     if not x2.is_contiguous():
         x2 = x2.contiguous()
@@ -84,7 +120,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (T, heads, D), cos/sin (T, D) float32 -> x rotated, like labkit.model.apply_rope."""
-    _, _, kernel = _kernels()
+    kernel = _kernels()[2]
     T, heads, D = x.shape
     assert rope_supported(x), f"head_dim {D}: the fused RoPE needs head_dim / 2 a power of two"
     x = x if x.is_contiguous() else x.contiguous()
@@ -92,3 +128,29 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     if T:
         kernel[(T * heads,)](x, cos.contiguous(), sin.contiguous(), out, heads, HALF=D // 2)
     return out
+
+
+def rms_norm_rope(x: torch.Tensor, norm: torch.nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """apply_rope(norm(x), cos, sin) in one kernel: Qwen3's per-head q/k RMSNorm, then RoPE.
+    x (T, heads, D) with D / 2 a power of two, norm an RMSNorm over D, cos/sin (T, D) float32."""
+    kernel, weight = _kernels()[3], norm.weight
+    T, heads, D = x.shape
+    assert rope_supported(x), f"head_dim {D}: the fused RoPE needs head_dim / 2 a power of two"
+    x = x if x.is_contiguous() else x.contiguous()
+    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    if T:
+        kernel[(T * heads,)](x, weight, cos.contiguous(), sin.contiguous(), out, heads, norm.eps, HALF=D // 2)
+    return out
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up (SwiGLU's activation), (..., n) each, in one kernel instead of two."""
+    triton, kernel = _kernels()[0], _kernels()[4]
+    assert gate.shape == up.shape and gate.dtype == up.dtype, (gate.shape, up.shape, gate.dtype, up.dtype)
+    g2, u2 = gate.reshape(-1, gate.shape[-1]).contiguous(), up.reshape(-1, up.shape[-1]).contiguous()
+    out = torch.empty_like(g2)
+    rows, n = g2.shape
+    block = min(1024, triton.next_power_of_2(n))
+    if rows:
+        kernel[(rows, triton.cdiv(n, block))](g2, u2, out, n, BLOCK=block)
+    return out.view(gate.shape)

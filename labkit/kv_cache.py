@@ -49,7 +49,7 @@ BlockKey = tuple[int | None, tuple[int, ...]]
 
 def block_key(parent_hash: int | None, token_ids: Sequence[int]) -> BlockKey:
     """The identity of one full block: its tokens and (through the parent's hash) everything before."""
-    return parent_hash, tuple(int(t) for t in token_ids)
+    return parent_hash, tuple(map(int, token_ids))
 
 
 def hash_block_tokens(parent_hash: int | None, token_ids: Sequence[int]) -> int:
@@ -274,15 +274,15 @@ class PagedKVCache:
         if num_new_blocks + num_revived > self.num_free_blocks:
             return False
         if request_id not in self.block_tables:
-            self.block_tables[request_id] = []
+            self.block_tables[request_id] = table
             self._block_hashes[request_id] = [self.allocator.block_hashes[b] for b in computed_blocks]
-        table = self.block_tables[request_id]
         for block_id in computed_blocks:  # take the hits before allocating, so they cannot be evicted
             self.allocator.touch(block_id)
             table.append(block_id)
-        table.extend(self.allocator.allocate() for _ in range(num_new_blocks))
+        if num_new_blocks > 0:  # (most decode steps need none)
+            table.extend(self.allocator.allocate() for _ in range(num_new_blocks))
         self._num_tokens[request_id] = num_tokens
-        if self.enable_prefix_caching:
+        if self.enable_prefix_caching and num_tokens // self.block_size > len(self._block_hashes[request_id]):
             self._cache_full_blocks(request_id, token_ids, num_tokens)
         return True
 

@@ -196,6 +196,8 @@ class LlamaAttention(nn.Module):
         k = self.k_proj(x).view(T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
+            if fused.enabled(q) and fused.rope_supported(q):  # the norm and RoPE in one CUDA kernel each
+                return fused.rms_norm_rope(q, self.q_norm, cos, sin), fused.rms_norm_rope(k, self.k_norm, cos, sin), v
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -215,7 +217,8 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(fused.silu_mul(gate, up) if fused.enabled(gate) else F.silu(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):

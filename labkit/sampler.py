@@ -118,8 +118,9 @@ class Sampler:
         if len(generators) != N:
             raise ValueError(f"got {len(generators)} generators for {N} rows of logits; pass one (or None) per row.")
         logits = logits.float()
-        out = logits.argmax(dim=-1)  # greedy rows are done; the others are overwritten below
         rows = [i for i, p in enumerate(params) if not p.greedy]
+        # greedy rows are done here; the others are overwritten below (no argmax when there are none)
+        out = logits.argmax(dim=-1) if len(rows) < N else torch.empty(N, dtype=torch.int64, device=logits.device)
         if not rows:
             return out
         dev = logits.device
@@ -127,12 +128,13 @@ class Sampler:
         u = torch.cat([_uniform(generators[i], dev) for i in rows]) if seeded else torch.rand(len(rows), device=dev)
         idx = torch.tensor(rows).to(dev, non_blocking=True)  # no wait for the GPU to finish the forward pass
         temp = torch.tensor([params[i].temperature for i in rows]).to(dev, non_blocking=True)
+        scaled = (logits if len(rows) == N else logits[idx]) / temp[:, None]  # (R, V); all rows: no gather
         if all(params[i].top_k == -1 and params[i].top_p == 1 for i in rows):  # no filter: no vocabulary sort
-            out[idx] = _inverse_cdf((logits[idx] / temp[:, None]).softmax(dim=-1).cumsum(dim=-1), u).clamp_max(V - 1)
+            out[idx] = _inverse_cdf(scaled.softmax(dim=-1).cumsum(dim=-1), u).clamp_max(V - 1)
             return out
         top_k = torch.tensor([params[i].top_k for i in rows], device=dev)
         top_p = torch.tensor([params[i].top_p for i in rows], device=dev)
-        sorted_logits, order, drop = _filter_sorted(logits[idx] / temp[:, None], top_k, top_p)
+        sorted_logits, order, drop = _filter_sorted(scaled, top_k, top_p)
         probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)  # (R, V), sorted order
         rank = _inverse_cdf(probs.cumsum(dim=-1), u)
         last_kept = (~drop).sum(dim=-1) - 1  # survivors are a prefix; never step past it

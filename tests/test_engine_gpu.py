@@ -126,8 +126,9 @@ def test_torch_backend_forced_runs_eagerly(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(1, 64), (37, 1024), (300, 8, 128), (5, 16, 576)])
-def test_fused_rms_norm_and_rope_match_torch(monkeypatch, dtype, shape):
-    """labkit/fused.py against the torch code of labkit/model.py (LABKIT_FUSED=0), outputs poisoned first."""
+def test_fused_kernels_match_torch(monkeypatch, dtype, shape):
+    """labkit/fused.py against the torch code of labkit/model.py (LABKIT_FUSED=0): RMSNorm, RoPE, q/k
+    norm + RoPE, silu(gate) * up."""
     from labkit import fused
     from labkit.model import RMSNorm, apply_rope
 
@@ -148,3 +149,14 @@ def test_fused_rms_norm_and_rope_match_torch(monkeypatch, dtype, shape):
         monkeypatch.setenv("LABKIT_FUSED", "1")
         got = apply_rope(x, angles.cos(), angles.sin())
         torch.testing.assert_close(got, expected, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-2)
+        head_norm = RMSNorm(shape[2], 1e-6).to("cuda", dtype)  # Qwen3's q/k norm, fused with RoPE
+        head_norm.weight.data = (1 + 0.1 * torch.randn(shape[2], generator=g, device="cuda")).to(dtype)
+        got = fused.rms_norm_rope(x, head_norm, angles.cos(), angles.sin())
+        monkeypatch.setenv("LABKIT_FUSED", "0")
+        expected = apply_rope(head_norm(x), angles.cos(), angles.sin())
+        torch.testing.assert_close(got, expected, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-2)
+    up = torch.randn(shape, generator=g, device="cuda").to(dtype)
+    got = fused.silu_mul(x, up)
+    assert not got.isnan().any()
+    expected = torch.nn.functional.silu(x) * up
+    torch.testing.assert_close(got, expected, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-2)

@@ -103,7 +103,7 @@ def _attend_tile(
     return m_new, denom, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])  # one binary whatever the width of this step's block tables
 def _decode_kernel(
     q_ptr, k_cache, v_cache, out_ptr, part_out, part_lse,
     block_tables, seq_lens, query_start_loc, seq_ids,
@@ -177,7 +177,7 @@ def _merge_kernel(
     tl.store(out_ptr + row * stride_ot + h * stride_oh + d, o.to(out_ptr.dtype.element_ty), mask=d < D)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_kernel(
     q_ptr, k_cache, v_cache, out_ptr, block_tables, seq_lens, query_start_loc, seq_ids,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, scale_log2,
@@ -249,10 +249,14 @@ def _num_sms(device: torch.device) -> int:
 
 def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device) -> int:
     """How many pieces to cut each context into: enough programs for about two per multiprocessor,
-    never a piece shorter than MIN_TOKENS_PER_SPLIT tokens, at most MAX_SPLITS."""
+    never a piece shorter than MIN_TOKENS_PER_SPLIT tokens, at most MAX_SPLITS, rounded down to a power
+    of two. The count is a compile-time constant of the kernels, so powers of two keep their variants
+    to a handful, all compiled when the CUDA graphs are captured; any count would otherwise compile
+    anew (about a second) the first time an eager step of that many decoding sequences comes by."""
     want = -(-2 * _num_sms(device) // max(1, num_seqs * num_kv_heads))
     by_len = -(-max_seq_len // MIN_TOKENS_PER_SPLIT)
-    return max(1, min(want, by_len, MAX_SPLITS))
+    splits = max(1, min(want, by_len, MAX_SPLITS))
+    return 1 << (splits.bit_length() - 1)
 
 
 @dataclass
