@@ -320,6 +320,26 @@ class TimedSampler:
         return tokens
 
 
+TRITON_COMPILES = {"count": 0, "seconds": 0.0}
+
+
+def count_triton_compiles() -> None:
+    """Count Triton's just-in-time compilations and their seconds in TRITON_COMPILES (its runtime hooks)."""
+    from triton import knobs
+
+    started = []
+
+    def before(**_):
+        started.append(time.perf_counter())
+        return None  # (a true value would skip the compilation)
+
+    def after(**_):
+        TRITON_COMPILES["count"] += 1
+        TRITON_COMPILES["seconds"] += time.perf_counter() - started.pop()
+
+    knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = before, after
+
+
 def run_labkit(model, prompts, output_lens, temperature: float, **config) -> dict:
     from labkit.llm import LLM
     from labkit.sampler import SamplingParams
@@ -336,10 +356,12 @@ def run_labkit(model, prompts, output_lens, temperature: float, **config) -> dic
     timer = TimedSampler(engine)
     engine.sampler = timer
     torch.cuda.synchronize()
+    compiles_before = dict(TRITON_COMPILES)
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    compiles = {k: TRITON_COMPILES[k] - compiles_before[k] for k in TRITON_COMPILES}
     tokens = sum(len(o.token_ids) for o in outs)
     assert [len(o.token_ids) for o in outs] == list(output_lens), "every request must run to max_tokens"
     steps = engine.timeline
@@ -369,6 +391,8 @@ def run_labkit(model, prompts, output_lens, temperature: float, **config) -> dic
         "prefill_steps": len(other),
         "prefill_steps_s": sum(s.duration_s for s in other),
         "slowest_step_ms": 1e3 * max(s.duration_s for s in steps),
+        "triton_compiles_in_run": compiles["count"],
+        "triton_compile_s_in_run": compiles["seconds"],
     }
     del llm, engine, timer, outs
     gc.collect()
@@ -406,6 +430,7 @@ def run_hf(hf, prompts, output_lens, temperature: float, batch_size: int) -> dic
 
 
 def bench_engine(res: dict, quick: bool, eager: bool) -> None:
+    count_triton_compiles()
     hf, model = build_models()
     temp = 0.6  # nano-vllm's benchmark samples at 0.6
     n_full = 32 if quick else 256
@@ -428,7 +453,8 @@ def bench_engine(res: dict, quick: bool, eager: bool) -> None:
             f"  {name:22s} {r['tokens_per_s']:8.0f} tok/s  ({r['output_tokens']} tokens in {r['seconds']:.2f} s; "
             f"decode step {r['decode_step_ms']:.2f} ms, host {r['decode_host_ms']:.2f} ms "
             f"= {100 * (r['decode_host_share'] or 0):.0f}%; {r['prefill_steps']} prefill/mixed steps "
-            f"{r['prefill_steps_s']:.2f} s, slowest step {r['slowest_step_ms']:.0f} ms; {r['config']})",
+            f"{r['prefill_steps_s']:.2f} s, slowest step {r['slowest_step_ms']:.0f} ms, {r['triton_compiles_in_run']} "
+            f"Triton compiles ({r['triton_compile_s_in_run']:.2f} s); {r['config']})",
             flush=True,
         )
     eng["hf_small"] = r = run_hf(hf, *small, temp, batch_size=len(small[0]))
@@ -455,8 +481,8 @@ def engine_markdown(res: dict) -> list[str]:
         f"Workload: {eng['workload']}; HF comparison on {eng['hf_workload']} (HF on the full one takes minutes).",
         "",
         "| run | workload | config | output tok/s | decode step ms | host ms (share) | prefill/mixed steps: "
-        "count, s | slowest step ms |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "count, s | slowest step ms | Triton compiles in the run (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ("labkit_tuned", "labkit_default", "labkit_default_small", "labkit_eager_small"):
         if name not in eng:
@@ -468,11 +494,13 @@ def engine_markdown(res: dict) -> list[str]:
         lines.append(
             f"| {name} | {wl} | {cfg} | {r['tokens_per_s']:.0f} | {r['decode_step_ms']:.2f} | "
             f"{r['decode_host_ms']:.2f} ({100 * (r['decode_host_share'] or 0):.0f}%) | {r['prefill_steps']}, "
-            f"{r['prefill_steps_s']:.2f} | {r['slowest_step_ms']:.0f} |"
+            f"{r['prefill_steps_s']:.2f} | {r['slowest_step_ms']:.0f} | {r['triton_compiles_in_run']} "
+            f"({r['triton_compile_s_in_run']:.2f}) |"
         )
     r = eng["hf_small"]
     lines += [
-        f"| HF generate (batch {r['batch_size']}, left-padded) | small | - | {r['tokens_per_s']:.0f} | - | - | - | - |",
+        f"| HF generate (batch {r['batch_size']}, left-padded) | small | - | {r['tokens_per_s']:.0f} |"
+        + " - |" * 5,
         "",
         f"labkit at {100 * eng['roofline_share_tuned']:.1f}% of the roofline tuned, "
         f"{100 * eng['roofline_share_default']:.1f}% with the default configuration; "
