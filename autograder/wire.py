@@ -31,7 +31,48 @@ def _tensor_bytes(t) -> tuple[str, bytes]:
     return str(t.dtype).replace("torch.", ""), t.numpy().tobytes()
 
 
-def encode(x: Any, handles: dict | None = None, depth: int = 0) -> Any:
+class Storages:
+    """Tensor storages of one session between the grader and a kernel (one test cell's part).
+
+    A tensor crosses as its whole storage plus its view (shape, stride, offset), so views of one
+    storage stay views of one storage and `untyped_storage().nbytes()` reads the same on both sides.
+    A storage is named by the sender's address; the receiver keeps one local storage per name for
+    the session (a later value on the same storage lands in the same local storage: `data_ptr()`
+    identity across calls holds), and a storage that came from the peer is sent back under the
+    peer's name (the peer writes the new bytes into its own storage: in-place changes come back).
+    The sender keeps what it sent alive for the session, so an address is never reused in it.
+    """
+
+    def __init__(self) -> None:
+        self.received: dict[str, Any] = {}  # the peer's name -> our storage
+        self.origin: dict[int, str] = {}  # id of our storage made from the peer's -> the peer's name
+        self.own: dict[str, Any] = {}  # our name -> our storage, for what we sent
+        self.sent: set[str] = set()  # names whose bytes are already in the value being encoded
+
+
+def _storage_id(storage) -> int:
+    """One number per storage, whichever Python object wraps it (`untyped_storage()` makes new ones)."""
+    return storage._cdata
+
+
+def _tensor(t, storages: Storages) -> dict:
+    storage = t.untyped_storage()
+    peer = storages.origin.get(_storage_id(storage))
+    key = peer or f"{storage.data_ptr()}:{storage.nbytes()}"
+    out = {"$T": str(t.dtype).replace("torch.", ""), "shape": list(t.shape), "stride": list(t.stride()),
+           "offset": t.storage_offset(), "storage": key, "peer": peer is not None}  # fmt: skip
+    if peer is None:
+        storages.own[key] = storage
+    if key not in storages.sent:
+        storages.sent.add(key)
+        out["data"] = base64.b64encode(bytes(storage)).decode()
+    return out
+
+
+def encode(x: Any, handles: dict | None = None, depth: int = 0, storages: Storages | None = None) -> Any:
+    storages = Storages() if storages is None else storages
+    if depth == 0:
+        storages.sent = set()
     if depth > 64:
         raise Unsendable("nested more than 64 levels")
     if x is None or isinstance(x, (bool, str)):
@@ -40,7 +81,7 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0) -> Any:
         return x if abs(x) < 2**53 else {"$i": str(x)}
     if isinstance(x, float):
         return {"$f": repr(x)}
-    enc = lambda v: encode(v, handles, depth + 1)  # noqa: E731
+    enc = lambda v: encode(v, handles, depth + 1, storages)  # noqa: E731
     if isinstance(x, list):
         return {"$l": [enc(v) for v in x]}
     if isinstance(x, tuple) and not hasattr(x, "_fields"):
@@ -52,6 +93,8 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0) -> Any:
     if isinstance(x, (bytes, bytearray)):
         return {"$b": base64.b64encode(bytes(x)).decode()}
     torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.layout == torch.strided:
+        return _tensor(x.detach(), storages)
     if torch is not None and isinstance(x, torch.Tensor):
         dtype, raw = _tensor_bytes(x)
         return {"$T": dtype, "shape": list(x.shape), "data": base64.b64encode(raw).decode()}
@@ -86,14 +129,49 @@ def _labkit_dataclass(label: str):
     return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
 
 
-def decode(data: Any, handle=None) -> Any:
+def _torch_dtype(name: str):
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"not a torch dtype: {name!r}")
+    return dtype
+
+
+def _view(data: dict, storages: Storages):
+    """The tensor `_tensor` encoded, on the session's local storage of its name."""
+    import torch
+
+    key, peer = str(data["storage"]), bool(data.get("peer"))
+    table = storages.own if peer else storages.received
+    if "data" in data:
+        raw = bytearray(base64.b64decode(data["data"]))
+        new = torch.UntypedStorage(0) if not raw else torch.frombuffer(raw, dtype=torch.uint8).untyped_storage()
+        if key in table and table[key].nbytes() == len(raw):
+            table[key].copy_(new)  # the same storage as before, with its new bytes
+        elif peer:
+            raise ValueError(f"storage {key} is not one of ours of {len(raw)} bytes")
+        else:
+            table[key] = new
+            storages.origin[_storage_id(new)] = key
+    if key not in table:
+        raise ValueError(f"storage {key} used before it was sent")
+    shape, stride = [int(v) for v in data["shape"]], [int(v) for v in data["stride"]]
+    t = torch.empty(0, dtype=_torch_dtype(str(data["$T"])))
+    return t.set_(table[key], int(data["offset"]), shape, stride)
+
+
+def decode(data: Any, handle=None, storages: Storages | None = None) -> Any:
+    storages = Storages() if storages is None else storages
     if data is None or isinstance(data, (bool, int, str)):
         return data
     if isinstance(data, list):  # plain JSON lists only appear inside tagged objects
-        return [decode(v, handle) for v in data]
+        return [decode(v, handle, storages) for v in data]
     if not isinstance(data, dict) or len(data) == 0:
         raise ValueError(f"not a wire value: {str(data)[:80]}")
-    dec = lambda v: decode(v, handle)  # noqa: E731
+    dec = lambda v: decode(v, handle, storages)  # noqa: E731
+    if "$T" in data and "storage" in data:
+        return _view(data, storages)
     if "$i" in data:
         return int(data["$i"])
     if "$f" in data:
@@ -117,9 +195,7 @@ def decode(data: Any, handle=None) -> Any:
         shape = [int(s) for s in data["shape"]]
         if data["$T"] == "bfloat16":
             return torch.from_numpy(np.frombuffer(raw, dtype=np.int16).copy()).view(torch.bfloat16).reshape(shape)
-        dtype = getattr(torch, str(data["$T"]))
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"not a torch dtype: {data['$T']!r}")
+        dtype = _torch_dtype(str(data["$T"]))
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         return torch.from_numpy(np.frombuffer(raw, dtype=np_dtype).copy()).reshape(shape)
     if "$A" in data:
