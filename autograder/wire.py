@@ -13,7 +13,10 @@ its own copy: editing it there changes only what that student's kernel sends.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
+import enum
+import json
 import sys
 from typing import Any
 
@@ -43,11 +46,13 @@ class Storages:
     The sender keeps what it sent alive for the session, so an address is never reused in it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rebuild: bool = False) -> None:
         self.received: dict[str, Any] = {}  # the peer's name -> our storage
         self.origin: dict[int, str] = {}  # id of our storage made from the peer's -> the peer's name
         self.own: dict[str, Any] = {}  # our name -> our storage, for what we sent
         self.sent: set[str] = set()  # names whose bytes are already in the value being encoded
+        self.rebuild = rebuild  # objects of labkit.grading.recipe may be rebuilt (the kernel's side)
+        self.rebuilt: dict[str, Any] = {}  # recipe -> what its call returned here
 
 
 def _storage_id(storage) -> int:
@@ -90,9 +95,15 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0, storages: Storag
         return {"$d": [[enc(k), enc(v)] for k, v in x.items()]}
     if isinstance(x, (set, frozenset)):
         return {"$s": [enc(v) for v in x], "frozen": isinstance(x, frozenset)}
+    if isinstance(x, collections.deque):
+        return {"$q": [enc(v) for v in x], "maxlen": x.maxlen}
+    if isinstance(x, enum.Enum) and _labkit_type(_label(type(x)), enum.Enum) is type(x):
+        return {"$e": _label(type(x)), "name": x.name}
     if isinstance(x, (bytes, bytearray)):
         return {"$b": base64.b64encode(bytes(x)).decode()}
     torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Generator) and x.device.type == "cpu":
+        return {"$G": base64.b64encode(x.get_state().numpy().tobytes()).decode()}
     if torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.layout == torch.strided:
         return _tensor(x.detach(), storages)
     if torch is not None and isinstance(x, torch.Tensor):
@@ -106,8 +117,11 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0, storages: Storag
         return enc(x.item())
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         fields = {f.name: enc(getattr(x, f.name)) for f in dataclasses.fields(x)}
-        label = f"{type(x).__module__}.{type(x).__qualname__}"
-        return {"$dc": type(x).__name__, "type": label, "fields": fields}
+        return {"$dc": type(x).__name__, "type": _label(type(x)), "fields": fields}
+    recipe = getattr(x, "_labkit_recipe", None) if handles is None else None
+    if isinstance(recipe, tuple) and len(recipe) == 5:  # labkit.grading.recipe: the kernel builds its own
+        label, args, kwargs, item, call = recipe
+        return {"$r": label, "args": enc(list(args)), "kwargs": enc(dict(kwargs)), "item": item, "call": call}
     if handles is not None:
         key = len(handles) + 1
         handles[key] = x
@@ -115,8 +129,18 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0, storages: Storag
     raise Unsendable(f"a {type(x).__name__} cannot be sent to or from the student's kernel")
 
 
+def _label(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _labkit_dataclass(label: str):
     """The dataclass type `label` names when it is one of labkit's (nothing else is imported)."""
+    cls = _labkit_type(label, object)
+    return cls if cls is not None and dataclasses.is_dataclass(cls) else None
+
+
+def _labkit_type(label: str, base: type):
+    """The subclass of `base` that `label` names when it is one of labkit's (nothing else is imported)."""
     import importlib
 
     module, _, qualname = label.rpartition(".")
@@ -126,7 +150,7 @@ def _labkit_dataclass(label: str):
         cls = getattr(importlib.import_module(module), qualname)
     except (ImportError, AttributeError):
         return None
-    return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
+    return cls if isinstance(cls, type) and issubclass(cls, base) else None
 
 
 def _torch_dtype(name: str):
@@ -161,6 +185,26 @@ def _view(data: dict, storages: Storages):
     return t.set_(table[key], int(data["offset"]), shape, stride)
 
 
+def _rebuild(data: dict, storages: Storages, dec) -> Any:
+    """The object a `@rebuildable` labkit function built on the other side, built again here (only
+    where the session allows it: the kernel, never the grading process)."""
+    import importlib
+
+    if not storages.rebuild:
+        raise ValueError("rebuilt objects are not accepted here")
+    module, _, name = str(data["$r"]).rpartition(".")
+    fn = None
+    if (module == "labkit" or module.startswith("labkit.")) and name.isidentifier():
+        fn = getattr(importlib.import_module(module), name, None)
+    if not getattr(fn, "labkit_rebuildable", False):
+        raise ValueError(f"not a rebuildable labkit function: {str(data['$r'])[:80]}")
+    key = json.dumps([data["$r"], data["args"], data["kwargs"], data["call"]])
+    if key not in storages.rebuilt:
+        storages.rebuilt[key] = fn(*dec(data["args"]), **dec(data["kwargs"]))
+    out = storages.rebuilt[key]
+    return out if data["item"] is None else out[int(data["item"])]
+
+
 def decode(data: Any, handle=None, storages: Storages | None = None) -> Any:
     storages = Storages() if storages is None else storages
     if data is None or isinstance(data, (bool, int, str)):
@@ -187,6 +231,19 @@ def decode(data: Any, handle=None, storages: Storages | None = None) -> Any:
         return frozenset(items) if data.get("frozen") else set(items)
     if "$b" in data:
         return base64.b64decode(data["$b"])
+    if "$q" in data:
+        return collections.deque((dec(v) for v in data["$q"]), data.get("maxlen"))
+    if "$e" in data:
+        cls = _labkit_type(str(data["$e"]), enum.Enum)
+        if cls is None:
+            raise ValueError(f"not a labkit enum: {str(data['$e'])[:80]}")
+        return cls[str(data["name"])]
+    if "$G" in data:
+        import torch
+
+        gen = torch.Generator()
+        gen.set_state(torch.frombuffer(bytearray(base64.b64decode(data["$G"])), dtype=torch.uint8).clone())
+        return gen
     if "$T" in data:
         import numpy as np
         import torch
@@ -216,6 +273,8 @@ def decode(data: Any, handle=None, storages: Storages | None = None) -> Any:
             return obj
         cls = dataclasses.make_dataclass(name if name.isidentifier() else "Received", list(fields))
         return cls(**fields)
+    if "$r" in data:
+        return _rebuild(data, storages, dec)
     if "$h" in data:
         if handle is None:
             raise ValueError("a handle where none is expected")
