@@ -45,6 +45,7 @@ def _labkit_server():
     exec(compile(_WIRE_SOURCE, "<labkit wire>", "exec"), _w)
     ns, handles, memo, _MISSING = get_ipython().user_ns, {}, {}, object()
     session = [None]  # the tensor storages shared with the grader during one request loop
+    guards = {}  # forbidden labels -> (their Guard, the bytecode of each forbidden function)
 
     def params(obj):
         import inspect
@@ -97,16 +98,20 @@ def _labkit_server():
                              for a in r["args"])
                 kwargs = dec(r["kwargs"])
                 from labkit.grading import sandbox as _sb
-                forbidden = [o for o in map(resolve, r.get("forbid", [])) if o is not None]
+                forbid = tuple(r.get("forbid", []))
+                if forbid not in guards:  # resolved once per check: a check makes thousands of calls
+                    forbidden = [o for o in map(resolve, forbid) if o is not None]
+                    # A copy of the reference (a code-object clone, getsource + exec, a second import) runs
+                    # the same bytecode under another function object: a profiler spots it by its bytecode.
+                    # Short functions (under 160 bytes of bytecode) are left out: an answer written
+                    # independently can compile to the same few instructions.
+                    guards[forbid] = (_sb.Guard(forbidden), {
+                        (f.__code__.co_code, f.__code__.co_names): _sb._label(f)
+                        for t in forbidden for f in _sb._python_functions(t) if len(f.__code__.co_code) >= 160})
+                guard, codes = guards[forbid]
                 patched = {k: resolve(v) for k, v in r.get("patch", {}).items()}
                 saved = {k: ns.get(k, _MISSING) for k, v in patched.items() if v is not None}
                 _sb._TRIPPED.clear()
-                # A copy of the reference (a code-object clone, getsource + exec, a second import) runs
-                # the same bytecode under another function object: a profiler spots it by its bytecode.
-                # Short functions (under 160 bytes of bytecode) are left out: an answer written
-                # independently can compile to the same few instructions.
-                codes = {(f.__code__.co_code, f.__code__.co_names): _sb._label(f)
-                         for t in forbidden for f in _sb._python_functions(t) if len(f.__code__.co_code) >= 160}
                 copies = []
 
                 def spot(frame, event, arg):
@@ -118,7 +123,7 @@ def _labkit_server():
                 import sys as _sys
                 try:
                     ns.update({k: patched[k] for k in saved})
-                    with _sb.Guard(forbidden):
+                    with guard:
                         _sys.setprofile(spot)
                         try:
                             value = fn(*args, **kwargs)

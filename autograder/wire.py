@@ -53,11 +53,21 @@ class Storages:
         self.sent: set[str] = set()  # names whose bytes are already in the value being encoded
         self.rebuild = rebuild  # objects of labkit.grading.recipe may be rebuilt (the kernel's side)
         self.rebuilt: dict[str, Any] = {}  # recipe -> what its call returned here
+        self.received_objects: dict[str, Any] = {}  # the peer's name -> our labkit object
+        self.object_origin: dict[int, str] = {}  # id of our object made from the peer's -> its name
+        self.own_objects: dict[str, Any] = {}  # our name -> our labkit object, for what we sent
 
 
 def _storage_id(storage) -> int:
     """One number per storage, whichever Python object wraps it (`untyped_storage()` makes new ones)."""
     return storage._cdata
+
+
+def _storage_bytes(storage) -> bytes:
+    import torch
+
+    n = storage.nbytes()
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (n,), (1,)).numpy().tobytes() if n else b""
 
 
 def _tensor(t, storages: Storages) -> dict:
@@ -70,7 +80,22 @@ def _tensor(t, storages: Storages) -> dict:
         storages.own[key] = storage
     if key not in storages.sent:
         storages.sent.add(key)
-        out["data"] = base64.b64encode(bytes(storage)).decode()
+        out["data"] = base64.b64encode(_storage_bytes(storage)).decode()
+    return out
+
+
+def _object(x: Any, storages: Storages, enc) -> dict:
+    """An instance of a labkit class as its type and its attributes, named for the session like a
+    storage: the same object twice in a value is one object on the other side, and one sent back
+    under the peer's name updates the peer's own object in place."""
+    peer = storages.object_origin.get(id(x))
+    key = peer or f"o{id(x)}"
+    out = {"$o": _label(type(x)), "key": key, "peer": peer is not None}
+    if peer is None:
+        storages.own_objects[key] = x
+    if key not in storages.sent:
+        storages.sent.add(key)
+        out["state"] = enc(dict(vars(x)))
     return out
 
 
@@ -91,6 +116,8 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0, storages: Storag
         return {"$l": [enc(v) for v in x]}
     if isinstance(x, tuple) and not hasattr(x, "_fields"):
         return {"$t": [enc(v) for v in x]}
+    if type(x) is collections.OrderedDict:
+        return {"$d": [[enc(k), enc(v)] for k, v in x.items()], "ordered": True}
     if isinstance(x, dict):
         return {"$d": [[enc(k), enc(v)] for k, v in x.items()]}
     if isinstance(x, (set, frozenset)):
@@ -115,6 +142,8 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0, storages: Storag
         return {"$A": x.dtype.str, "shape": list(x.shape), "data": base64.b64encode(raw).decode()}
     if np is not None and isinstance(x, np.generic):
         return enc(x.item())
+    if hasattr(x, "__dict__") and not isinstance(x, type) and _labkit_type(_label(type(x)), object) is type(x):
+        return _object(x, storages, enc)
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         fields = {f.name: enc(getattr(x, f.name)) for f in dataclasses.fields(x)}
         return {"$dc": type(x).__name__, "type": _label(type(x)), "fields": fields}
@@ -185,6 +214,25 @@ def _view(data: dict, storages: Storages):
     return t.set_(table[key], int(data["offset"]), shape, stride)
 
 
+def _decode_object(data: dict, storages: Storages, dec) -> Any:
+    key, peer = str(data["key"]), bool(data.get("peer"))
+    table = storages.own_objects if peer else storages.received_objects
+    obj = table.get(key)
+    if obj is None:
+        cls = _labkit_type(str(data["$o"]), object)
+        if peer or cls is None or "state" not in data:
+            raise ValueError(f"not an object of this session: {str(data['$o'])[:80]} {key[:40]}")
+        obj = table[key] = object.__new__(cls)
+        storages.object_origin[id(obj)] = key
+    if "state" in data:  # registered first: an attribute may lead back to the object itself
+        state = dec(data["state"])
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise ValueError("an object's state must be a dict of attribute names")
+        obj.__dict__.clear()
+        obj.__dict__.update(state)
+    return obj
+
+
 def _rebuild(data: dict, storages: Storages, dec) -> Any:
     """The object a `@rebuildable` labkit function built on the other side, built again here (only
     where the session allows it: the kernel, never the grading process)."""
@@ -225,7 +273,8 @@ def decode(data: Any, handle=None, storages: Storages | None = None) -> Any:
     if "$t" in data:
         return tuple(dec(v) for v in data["$t"])
     if "$d" in data:
-        return {dec(k): dec(v) for k, v in data["$d"]}
+        items = ((dec(k), dec(v)) for k, v in data["$d"])
+        return collections.OrderedDict(items) if data.get("ordered") else dict(items)
     if "$s" in data:
         items = [dec(v) for v in data["$s"]]
         return frozenset(items) if data.get("frozen") else set(items)
@@ -275,6 +324,8 @@ def decode(data: Any, handle=None, storages: Storages | None = None) -> Any:
         return cls(**fields)
     if "$r" in data:
         return _rebuild(data, storages, dec)
+    if "$o" in data:
+        return _decode_object(data, storages, dec)
     if "$h" in data:
         if handle is None:
             raise ValueError("a handle where none is expected")

@@ -85,7 +85,7 @@ def grade_class(tmp: Path, students: int, jobs: int, pattern: str) -> dict:
 
 def _row(what: str, run: dict, base: float) -> str:
     return (f"| {what} | {run['seconds']:.1f} s | {base:.1f} s | {run['seconds'] / base:.2f}x | "
-            f"{run['full_marks']}/{run['students']} | {run['load_before']:.1f} / {run['load_after']:.1f} |")  # fmt: skip
+            f"{run['full_marks']}/{run['students']} | {run['load_before']:.1f} / {run['load_after']:.1f} |")
 
 
 def _machine() -> str:
@@ -93,7 +93,8 @@ def _machine() -> str:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor() or "?"
-    return f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{os.cpu_count()} cores ({model}), {system}"
 
 
 def main() -> None:
@@ -117,7 +118,8 @@ def main() -> None:
                 print(f"{n} student(s), chapter 1: {run['seconds']:.1f} s = {run['seconds'] / base:.2f}x the baseline")
             return
         rows = []
-        for key, pattern, what in (("ch1-3", CH13, "one student, chapters 1-3"), ("ch1-5", ALL, "one student, all chapters")):
+        singles = (("ch1-3", CH13, "one student, chapters 1-3"), ("ch1-5", ALL, "one student, all chapters"))
+        for key, pattern, what in singles:
             load = _load()
             base = plain_execution(tmp, pattern)
             result[f"baseline_{key}_s"] = round(base, 1)
