@@ -11,9 +11,12 @@ results compared and the verdict decided here: monkeypatching the checkers in th
 transformer, reading a checker's stack frame, pinning the seed, editing labkit on disk (read-only in
 the sandbox anyway) cannot reach any of them.
 
-An argument the kernel cannot receive (a reference function or object passed to the student's code)
-raises `Unsendable` and sets `Remote.unsendable`; the cell is then run in the kernel as before
-(`confined: false` in the cell's metadata, and a line in the student's log).
+What crosses is in autograder/wire.py: values, tensors with their storage, labkit objects by state
+(with their identity for the session), objects of `@rebuildable` labkit functions by recipe (the
+kernel builds its own). An argument the kernel cannot receive otherwise (a reference object with
+state of its own, a hook) raises `Unsendable` and sets `Remote.unsendable`; the cell is then run in
+the kernel as before (`confined: false` in the cell's metadata, and a line in the student's log).
+Set-up cells run here without their line magics (`%matplotlib inline`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,18 @@
 """Values across the sandbox's wall, as JSON: never pickle, never eval what the student's kernel sends.
 
-`encode(x, handles)` turns a value into JSON-able data: None, bools, ints, floats and strings as
-themselves; lists, tuples, dicts (any keys), sets, bytes, dataclass instances, numpy arrays and
-torch tensors (dtype, shape and the raw bytes, base64) as tagged objects. Anything else becomes a
-handle (`{"$h": n}`) when a `handles` registry is given (the kernel keeps its objects and the grader
-gets a proxy), else raises `Unsendable`. `decode(data, handle)` rebuilds the value; `handle(n, info)`
-makes what a handle decodes to. Both sides import only the standard library (numpy and torch when
-an array arrives). This file is also sent as source text into the student's kernel, which keeps
-its own copy: editing it there changes only what that student's kernel sends.
+`encode(x, handles, storages=session)` turns a value into JSON-able data: None, bools, ints, floats
+and strings as themselves; lists, tuples, dicts (any keys, ordered ones stay ordered), sets, deques,
+bytes, dataclass instances, labkit enums, numpy arrays, torch generators (their state) and torch
+tensors (their whole storage, base64, and their view) as tagged objects; instances of labkit classes
+by their attributes, named for the session (`Storages`) so that identity holds and what comes back
+updates the original; objects made by a `@rebuildable` labkit function (labkit/grading/recipe.py)
+by their recipe, which only the kernel's side rebuilds. Anything else becomes a handle
+(`{"$h": n}`) when a `handles` registry is given (the kernel keeps its objects and the grader gets a
+proxy), else raises `Unsendable`. `decode(data, handle, storages=session)` rebuilds the value;
+`handle(n, info)` makes what a handle decodes to; only labkit's own types and functions are named.
+Both sides import only the standard library (numpy, torch and labkit when such a value arrives).
+This file is also sent as source text into the student's kernel, which keeps its own copy: editing
+it there changes only what that student's kernel sends.
 """
 
 from __future__ import annotations

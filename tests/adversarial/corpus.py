@@ -266,6 +266,21 @@ CORPUS = [
         scores(0, 2, 0),
     ),  # fmt: skip
     Submission(
+        "monkeypatch-comparison",  # every result compares equal to the expected one
+        edit(
+            lambda nb, ctx: [
+                setattr(
+                    _cell(nb, "t1-units"),
+                    "source",
+                    "import labkit.grading.checks as lc, labkit.grading.compare as cmp\n"
+                    "lc._compare = cmp._compare = lambda *a, **k: None\n" + UNITS_WRONG,
+                ),
+                setattr(_cell(nb, "t3-merge"), "source", MERGE_WRONG),
+            ]
+        ),
+        scores(0, 2, 0),
+    ),  # fmt: skip
+    Submission(
         "input-transformer",  # blanks every test cell before IPython runs it
         edit(
             lambda nb, ctx: [
