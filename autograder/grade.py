@@ -295,6 +295,8 @@ def run(
     prints = {s: fingerprint(root, s, opts.quick) for s in students}
     todo = [s for s in students if opts.force or not up_to_date(root, s, prints[s], graded)]
     result.skipped = [s for s in students if s not in todo]
+    # The longest first (the most notebooks submitted), so that no worker is left with one at the end.
+    todo.sort(key=lambda s: -len(list((root / SUBMITTED_DIR / s / ASSIGNMENT).glob("*.ipynb"))))
     if result.skipped:
         log(f"{len(result.skipped)} unchanged submission(s) not re-graded (--force re-grades them)")
     counter = itertools.count()

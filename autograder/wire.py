@@ -147,7 +147,8 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0, storages: Storag
         return {"$A": x.dtype.str, "shape": list(x.shape), "data": base64.b64encode(raw).decode()}
     if np is not None and isinstance(x, np.generic):
         return enc(x.item())
-    if hasattr(x, "__dict__") and not isinstance(x, type) and _labkit_type(_label(type(x)), object) is type(x):
+    plain = hasattr(x, "__dict__") and not isinstance(x, type) and not (torch and isinstance(x, torch.nn.Module))
+    if plain and _labkit_type(_label(type(x)), object) is type(x):  # a module's state is torch's, not ours
         return _object(x, storages, enc)
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         fields = {f.name: enc(getattr(x, f.name)) for f in dataclasses.fields(x)}

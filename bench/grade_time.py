@@ -4,9 +4,11 @@
     python bench/grade_time.py --class-size 10 --jobs 2 # a smaller class
     python bench/grade_time.py --quick                  # chapter 1 only, 1 student then 2: a smoke run
 
-Each figure stands beside its baseline, measured in the same run: the same solution notebooks
-executed top to bottom by nbclient in a plain kernel each (no sandbox, no restore, no judging), in
-the same quick mode. The ratio says what grading adds to running the notebooks. For the class the
+Every run is `python -m autograder.grade --quick -j JOBS` (default 2, the cores of the course's
+grading machine; a student graded alone has their notebooks graded two at a time). Each figure
+stands beside its baseline, measured in the same run: the same solution notebooks executed top to
+bottom, one after another, by nbclient in a plain kernel each (no sandbox, no restore, no
+judging), in the same quick mode. The ratio says what grading adds to running the notebooks. For the class the
 baseline is the measured single run times the class size divided by the workers (perfect
 parallelism of plain runs). Grading runs the notebooks' experiments in quick mode (LABKIT_QUICK=1)
 and every graded check, hidden tests included, in full; a complete submission must score 100%.
@@ -114,7 +116,7 @@ def main() -> None:
             base = plain_execution(tmp, "01_*.ipynb")
             print(f"baseline: chapter 1 in a plain kernel: {base:.1f} s")
             for n in (1, 2):
-                run = grade_class(tmp, n, min(n, opts.jobs), "01_*.ipynb")
+                run = grade_class(tmp, n, opts.jobs, "01_*.ipynb")
                 print(f"{n} student(s), chapter 1: {run['seconds']:.1f} s = {run['seconds'] / base:.2f}x the baseline")
             return
         rows = []
@@ -124,7 +126,7 @@ def main() -> None:
             base = plain_execution(tmp, pattern)
             result[f"baseline_{key}_s"] = round(base, 1)
             result[f"baseline_{key}_load_before"] = round(load, 2)
-            run = result[f"one_student_{key}"] = grade_class(tmp, 1, 1, pattern)
+            run = result[f"one_student_{key}"] = grade_class(tmp, 1, opts.jobs, pattern)
             rows.append(_row(what, run, base))
             print(f"{what}: graded in {run['seconds']:.1f} s; plain execution {base:.1f} s "
                   f"({run['seconds'] / base:.2f}x); full marks: {run['full_marks'] == 1}", flush=True)  # fmt: skip
@@ -139,8 +141,9 @@ def main() -> None:
     (RESULTS / "grade_time.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [f"# Grading time ({result['date']}, commit {result['git']})", "", f"Machine: {result['machine']}.", "",
           "`python bench/grade_time.py`: complete submissions (the solution notebooks) graded by "
-          "`python -m autograder.grade --quick` (sandboxed kernels, every check judged in full, experiments in "
-          "quick mode), against the same notebooks run plainly by nbclient in the same run.", "",
+          f"`python -m autograder.grade --quick -j {opts.jobs}` (sandboxed kernels, every check judged in full in "
+          "the grading process, experiments in quick mode), against the same notebooks run one after another "
+          "in plain kernels by nbclient in the same run (no sandbox, no judging).", "",
           "| run | graded | plain execution | ratio | full marks | load avg before / after |",
           "|---|---|---|---|---|---|", *rows, "",
           f"The class's plain-execution figure is {opts.class_size} x the one-student chapters 1-3 baseline / "
