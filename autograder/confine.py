@@ -11,21 +11,27 @@ results compared and the verdict decided here: monkeypatching the checkers in th
 transformer, reading a checker's stack frame, pinning the seed, editing labkit on disk (read-only in
 the sandbox anyway) cannot reach any of them.
 
-An argument the kernel cannot receive (a reference function or object passed to the student's code)
-raises `Unsendable` and sets `Remote.unsendable`; the cell is then run in the kernel as before
-(`confined: false` in the cell's metadata, and a line in the student's log).
+What crosses is in autograder/wire.py: values, tensors with their storage, labkit objects by state
+(with their identity for the session), objects of `@rebuildable` labkit functions by recipe (the
+kernel builds its own). An argument the kernel cannot receive otherwise (a reference object with
+state of its own, a hook) raises `Unsendable` and sets `Remote.unsendable`; the cell is then run in
+the kernel as before (`confined: false` in the cell's metadata, and a line in the student's log).
+Set-up cells run here without their line magics (`%matplotlib inline`).
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import collections
 import contextlib
 import inspect
 import io
-import itertools
 import json
 import os
+import queue
+import socket
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,8 @@ def _labkit_server():
     _w = {"__name__": "labkit_wire"}
     exec(compile(_WIRE_SOURCE, "<labkit wire>", "exec"), _w)
     ns, handles, memo, _MISSING = get_ipython().user_ns, {}, {}, object()
+    session = [None]  # the tensor storages shared with the grader during one request loop
+    guards = {}  # forbidden labels -> (their Guard, the bytecode of each forbidden function)
 
     def params(obj):
         import inspect
@@ -51,7 +59,7 @@ def _labkit_server():
             return []
 
     def enc(x):
-        return _w["encode"](x, handles)
+        return _w["encode"](x, handles, storages=session[0])
 
     def resolve(label):  # "labkit.tokenizer.merge" -> the object, or None
         import importlib
@@ -70,11 +78,9 @@ def _labkit_server():
         return None
 
     def dec(d):
-        return _w["decode"](d, lambda k, info: handles[k])
+        return _w["decode"](d, lambda k, info: handles[k], storages=session[0])
 
-    def serve(req_path, rep_path):
-        with open(req_path) as f:
-            r = _json.load(f)
+    def handle(r):
         try:
             op = r["op"]
             if op == "describe":
@@ -95,16 +101,20 @@ def _labkit_server():
                              for a in r["args"])
                 kwargs = dec(r["kwargs"])
                 from labkit.grading import sandbox as _sb
-                forbidden = [o for o in map(resolve, r.get("forbid", [])) if o is not None]
+                forbid = tuple(r.get("forbid", []))
+                if forbid not in guards:  # resolved once per check: a check makes thousands of calls
+                    forbidden = [o for o in map(resolve, forbid) if o is not None]
+                    # A copy of the reference (a code-object clone, getsource + exec, a second import) runs
+                    # the same bytecode under another function object: a profiler spots it by its bytecode.
+                    # Short functions (under 160 bytes of bytecode) are left out: an answer written
+                    # independently can compile to the same few instructions.
+                    guards[forbid] = (_sb.Guard(forbidden), {
+                        (f.__code__.co_code, f.__code__.co_names): _sb._label(f)
+                        for t in forbidden for f in _sb._python_functions(t) if len(f.__code__.co_code) >= 160})
+                guard, codes = guards[forbid]
                 patched = {k: resolve(v) for k, v in r.get("patch", {}).items()}
                 saved = {k: ns.get(k, _MISSING) for k, v in patched.items() if v is not None}
                 _sb._TRIPPED.clear()
-                # A copy of the reference (a code-object clone, getsource + exec, a second import) runs
-                # the same bytecode under another function object: a profiler spots it by its bytecode.
-                # Short functions (under 160 bytes of bytecode) are left out: an answer written
-                # independently can compile to the same few instructions.
-                codes = {(f.__code__.co_code, f.__code__.co_names): _sb._label(f)
-                         for t in forbidden for f in _sb._python_functions(t) if len(f.__code__.co_code) >= 160}
                 copies = []
 
                 def spot(frame, event, arg):
@@ -116,7 +126,7 @@ def _labkit_server():
                 import sys as _sys
                 try:
                     ns.update({k: patched[k] for k in saved})
-                    with _sb.Guard(forbidden):
+                    with guard:
                         _sys.setprofile(spot)
                         try:
                             value = fn(*args, **kwargs)
@@ -146,8 +156,30 @@ def _labkit_server():
             last = frames[-1] if frames else None
             where = f"line {last.lineno} in {last.name}: `{(last.line or '').strip()}`" if last else ""
             out = {"error": type(e).__name__, "message": str(e)[:2000], "where": where}
-        with open(rep_path, "w") as f:
-            _json.dump(out, f)
+        return out
+
+    def serve(path):  # one test cell's requests over the grader's Unix socket, until "bye"
+        import socket as _socket
+        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        conn.connect(path)
+        stream = conn.makefile("rwb")
+        session[0] = _w["Storages"](rebuild=True)
+        try:
+            while True:
+                head = stream.read(8)
+                if len(head) < 8:
+                    break
+                r = _json.loads(stream.read(int.from_bytes(head, "big")))
+                if r.get("op") == "bye":
+                    break
+                data = _json.dumps(handle(r)).encode()
+                stream.write(len(data).to_bytes(8, "big") + data)
+                stream.flush()
+        finally:
+            stream.close()
+            conn.close()
+            session[0] = None
+
 
     return serve
 
@@ -185,45 +217,94 @@ def _exception(reply: dict) -> BaseException:
 
 
 class Link:
-    """Requests to one kernel, through files in its scratch folder and a silent execute request."""
+    """Requests to one kernel over a Unix socket in its scratch folder.
+
+    The first request of a test cell starts the kernel's `_labkit_serve` loop (a silent execute
+    request), which connects to the socket and answers length-prefixed JSON requests until `end()`
+    says "bye": one execute request per test cell part, not per call (a call costs a socket round
+    trip, well under a millisecond, instead of a kernel execute request).
+    """
 
     def __init__(self, km, scratch: Path, uid: int | None, timeout: float) -> None:
         self.kc = km.blocking_client()
         self.kc.start_channels()
         self.scratch, self.uid, self.timeout = scratch, uid, timeout
-        self.count = itertools.count(1)
         self.stuck = False
+        self.path = str(scratch / "wire.sock")
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        if uid is not None:
+            os.chown(self.path, uid, uid)
+        self.server.listen(1)
+        self.conn: socket.socket | None = None
+        self.storages = wire.Storages()  # tensor storages shared with the kernel in this loop
+        self.msg_id = ""
 
     def close(self) -> None:
+        for s in (self.conn, self.server):
+            with contextlib.suppress(Exception):
+                s.close()
         with contextlib.suppress(Exception):
             self.kc.stop_channels()
+
+    def _connect(self) -> bool:
+        """Start the kernel's loop; False when it ended without connecting (its helper was removed)."""
+        self.msg_id = self.kc.execute(f"_labkit_serve({self.path!r})", silent=True, store_history=False)
+        self.server.settimeout(0.02)
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            try:
+                self.conn, _ = self.server.accept()
+                self.conn.settimeout(self.timeout)
+                return True
+            except TimeoutError:
+                with contextlib.suppress(queue.Empty):
+                    if self.kc.get_shell_msg(timeout=0)["parent_header"].get("msg_id") == self.msg_id:
+                        return False
+        raise KernelStuck("the student's kernel did not answer")
+
+    def _recv(self, n: int) -> bytes:
+        chunks, left = [], n
+        while left:
+            chunk = self.conn.recv(min(left, 1 << 20))
+            if not chunk:
+                raise KernelStuck("the student's kernel closed the connection (it exited or crashed)")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
 
     def request(self, payload: dict) -> dict:
         if self.stuck:
             raise KernelStuck("the student's kernel is still busy with an earlier call")
-        n = next(self.count)
-        req, rep = self.scratch / f"request{n}.json", self.scratch / f"reply{n}.json"
-        req.write_text(json.dumps(payload), encoding="utf-8")
-        if self.uid is not None:
-            os.chown(req, self.uid, self.uid)
-        msg_id = self.kc.execute(f"_labkit_serve({str(req)!r}, {str(rep)!r})", silent=True, store_history=False)
         try:
-            while True:
-                reply = self.kc.get_shell_msg(timeout=self.timeout)
-                if reply["parent_header"].get("msg_id") == msg_id:
-                    break
-        except BaseException as e:  # the check's time limit (raised by its alarm) or no reply at all
+            if self.conn is None and not self._connect():
+                return {"error": "RuntimeError", "message": "no reply from the student's kernel (was the helper "
+                        "`_labkit_serve` removed?)"}  # fmt: skip
+            data = json.dumps(payload).encode()
+            self.conn.sendall(len(data).to_bytes(8, "big") + data)
+            return json.loads(self._recv(int.from_bytes(self._recv(8), "big")))
+        except BaseException as e:  # the check's time limit (raised by its alarm), a dead kernel, no reply
             self.stuck = True
             raise e if not isinstance(e, Exception) else KernelStuck(str(e)) from e
+
+    def end(self) -> None:
+        """Stop the kernel's request loop before the kernel runs anything else; `stuck` if it won't."""
+        if self.conn is None or self.stuck:
+            return
+        conn, self.conn = self.conn, None
+        self.storages = wire.Storages()
         try:
-            data = json.loads(rep.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {"error": "RuntimeError", "message": "no reply from the student's kernel (was the "
-                    "helper `_labkit_serve` removed?)"}  # fmt: skip
-        for p in (req, rep):
-            with contextlib.suppress(OSError):
-                p.unlink()
-        return data
+            conn.sendall(_BYE)
+            conn.close()
+            while self.kc.get_shell_msg(timeout=self.timeout)["parent_header"].get("msg_id") != self.msg_id:
+                pass
+        except Exception:
+            self.stuck = True
+
+
+_BYE = len(b'{"op": "bye"}').to_bytes(8, "big") + b'{"op": "bye"}'
 
 
 class Remote:
@@ -247,7 +328,7 @@ class Remote:
         return RemoteObject(self, key, str(info.get("type", "object")), bool(info.get("callable")))
 
     def decode(self, data: Any) -> Any:
-        return wire.decode(data, self._handle)
+        return wire.decode(data, self._handle, storages=self.link.storages)
 
     BIG = 1 << 16  # encoded bytes above which an argument is sent once and kept by the kernel
 
@@ -271,7 +352,7 @@ class Remote:
         if isinstance(x, (list, tuple)) and any(isinstance(v, RemoteObject) for v in x):
             tag = "$l" if isinstance(x, list) else "$t"
             return {tag: [self.encode(v) for v in x]}
-        return wire.encode(x)
+        return wire.encode(x, storages=self.link.storages)
 
     def call(self, target: dict, args: tuple, kwargs: dict) -> Any:
         from labkit.grading.sandbox import ACTIVE_LABELS
@@ -339,6 +420,11 @@ def _write_back_one(container: Any, key: Any, new: Any) -> bool:
         old.update(new)
     elif type(old).__name__ == "Tensor" and type(new).__name__ == "Tensor" and old.shape == new.shape:
         old.copy_(new)
+    elif isinstance(old, collections.deque) and isinstance(new, collections.deque):
+        old.clear()
+        old.extend(new)
+    elif type(old).__name__ == "Generator" and type(new).__name__ == "Generator":  # the draws it made
+        old.set_state(new.get_state())
     else:
         return False
     return True
@@ -363,6 +449,13 @@ class RemoteFunction:
         return f"<student's function {self.__name__}>"
 
 
+# Dunder methods a check may call on a student's object by name (check_class: `obj.__len__()`).
+_PROTOCOL_METHODS = frozenset(
+    f"__{n}__" for n in "len getitem setitem delitem contains iter next reversed bool eq ne lt le gt ge "
+    "add sub mul truediv floordiv mod neg enter exit".split()
+)
+
+
 class RemoteObject:
     """An object living in the student's kernel (an instance of the student's class, ...)."""
 
@@ -372,7 +465,7 @@ class RemoteObject:
         object.__setattr__(self, "_labkit_type", type_name)
 
     def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__"):
+        if attr.startswith("__") and attr not in _PROTOCOL_METHODS:  # copy, pickle, numpy, inspect probes
             raise AttributeError(attr)
         remote = self._labkit_remote
         reply = remote.link.request({"op": "getattr", "h": self._labkit_key, "attr": attr})
@@ -385,6 +478,30 @@ class RemoteObject:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._labkit_remote.call({"h": self._labkit_key}, args, kwargs)
+
+    def _labkit_protocol(self, name: str, *args: Any) -> Any:
+        try:
+            method = self.__getattr__(name)
+        except AttributeError:
+            raise TypeError(f"the student's {self._labkit_type} object has no {name}") from None
+        return method(*args)
+
+    def __len__(self) -> int:
+        return self._labkit_protocol("__len__")
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._labkit_protocol("__getitem__", key)
+
+    def __contains__(self, item: Any) -> bool:
+        return self._labkit_protocol("__contains__", item)
+
+    def __bool__(self) -> bool:  # as Python decides truth: __bool__, else __len__, else true
+        for name in ("__bool__", "__len__"):
+            try:
+                return bool(self.__getattr__(name)())
+            except AttributeError:
+                continue
+        return True
 
     def __repr__(self) -> str:
         return f"<{self._labkit_type} object in the student's kernel>"
@@ -409,9 +526,15 @@ def remote_class(remote: Remote, name: str, params: list[str]) -> type:
 # --------------------------------------------------------------------------------------------------
 
 
+def python_source(source: str) -> str:
+    """A cell's source without IPython's line magics and shell escapes (`%matplotlib inline`, `!ls`):
+    they set up the notebook's display, which the grading process does not have."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
 def free_names(source: str) -> list[str]:
     """Names a cell reads and never assigns (nor imports, nor defines)."""
-    tree = ast.parse(source)
+    tree = ast.parse(python_source(source))
     loaded, stored = [], set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
@@ -458,7 +581,7 @@ class Trusted:
                     with contextlib.suppress(NameError):  # the cell raises NameError itself, as in the kernel
                         ns[name] = remote.lookup(name)
             with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-                exec(compile(source, "<test cell>", "exec"), ns)
+                exec(compile(python_source(source), "<test cell>", "exec"), ns)
         except wire.Unsendable:
             raise
         except KernelStuck:
@@ -477,7 +600,7 @@ class Trusted:
                     with contextlib.suppress(NameError):
                         self.ns[name] = remote.lookup(name)
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                exec(compile(source, "<set-up cell>", "exec"), self.ns)
+                exec(compile(python_source(source), "<set-up cell>", "exec"), self.ns)
         except Exception:
             self.ok = False
             traceback.print_exc(limit=3)

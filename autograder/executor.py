@@ -53,6 +53,8 @@ del _labkit_grading_preload, _labkit_no_exit
 """
 
 
+SLOW_CELL_S = 1.0  # a cell that runs longer is named in the student's log, with its time
+
 MISSING_ANSWER = 'raise NotImplementedError("this answer cell is missing from the submission")\n'
 
 
@@ -248,6 +250,11 @@ class _Client:
 
     def run(self, cell: NotebookNode, index: int, source: str) -> list[NotebookNode]:
         """Run `source` as cell `index`; the outputs. Raises CellTimeoutError or DeadKernelError."""
+        self.link.end()  # the kernel leaves the grader's request loop first
+        if self.link.stuck:
+            from nbclient.exceptions import DeadKernelError
+
+            raise DeadKernelError("the student's kernel is stuck in a call from a check")
         saved = cell.source
         cell.source = source
         self.client._labkit_sizes[index] = 0
@@ -338,9 +345,11 @@ def execute(
 
     while True:
         try:
+            t_start = time.monotonic()
             with _Client(nb, scratch, course_root, limits, env, log_file) as client:
                 prelude = PRELUDE + (confine.kernel_prelude() if limits.confine else "")
                 client.run_prelude(prelude)
+                log.info("kernel ready in %.1f s", time.monotonic() - t_start)
                 for i in list(done):  # after a restart: the cells that ran before, outputs kept
                     if limits.confine and is_test_cell(cells[i]):
                         continue  # judged here, never run in the kernel
@@ -368,7 +377,10 @@ def execute(
                                 broke(i, f"not run: the notebook used its {limits.notebook_budget:g} s")
                         return nb
                     try:
+                        t_cell = time.monotonic()
                         _run_cell(client, cell, index, trusted if limits.confine else None, log)
+                        if time.monotonic() - t_cell > SLOW_CELL_S:  # where a submission's time goes
+                            log.info("cell %d took %.1f s", index, time.monotonic() - t_cell)
                     except _Stuck as e:  # the test cell has its verdict; its call never came back
                         log.warning("cell %d: the student's code did not return; restarting the kernel", index)
                         done.append(index)
@@ -416,6 +428,7 @@ def _run_part(client, cell, index, source, trusted, log) -> list[NotebookNode]:
     client.remote.unsendable = ""
     try:
         outputs = _judge_here(client, trusted, source)
+        client.link.end()
     except confine.KernelStuck:
         outputs = [error_output("CheckFailed", "the student's code did not return")]
     except confine.wire.Unsendable as e:
@@ -434,6 +447,10 @@ def _run_cell(client: _Client, cell: NotebookNode, index: int, trusted, log) -> 
         if trusted is not None and _is_setup_cell(cell) and index not in trusted.done:
             trusted.done.add(index)
             trusted.setup_run(cell.source, client.remote)
+            client.link.end()
+            if not trusted.ok:
+                log.warning("set-up cell %d failed in the grading process: the test cells after it are judged "
+                            "in the student's kernel", index)  # fmt: skip
         return
     visible, hidden = split_test(cell.source)
     if trusted is not None:

@@ -186,13 +186,14 @@ class Options:
         return min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share
 
 
-def _grade_in_subprocess(root: Path, student: str, scratch: Path, slot: int, opts: Options) -> str:
+def _grade_in_subprocess(root: Path, student: str, scratch: Path, slot: int, opts: Options, parallel: int = 1) -> str:
     """Run autograder.student for one student; '' when it finished, else what went wrong."""
     n_notebooks = max(1, len(notebooks(root / SOURCE_DIR / ASSIGNMENT)))
     wall = n_notebooks * (opts.notebook_budget + 120) + 60
     cmd = [sys.executable, "-m", "autograder.student", str(root), student, str(scratch), str(slot),
            f"--threads={opts.threads}", f"--cell-timeout={opts.cell_timeout}",
-           f"--notebook-budget={opts.notebook_budget}", f"--memory-gib={opts.memory_gib}"]  # fmt: skip
+           f"--notebook-budget={opts.notebook_budget}", f"--memory-gib={opts.memory_gib}",
+           f"--parallel={parallel}"]  # fmt: skip
     if opts.quick:
         cmd.append("--quick")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -294,9 +295,12 @@ def run(
     prints = {s: fingerprint(root, s, opts.quick) for s in students}
     todo = [s for s in students if opts.force or not up_to_date(root, s, prints[s], graded)]
     result.skipped = [s for s in students if s not in todo]
+    # The longest first (the most notebooks submitted), so that no worker is left with one at the end.
+    todo.sort(key=lambda s: -len(list((root / SUBMITTED_DIR / s / ASSIGNMENT).glob("*.ipynb"))))
     if result.skipped:
         log(f"{len(result.skipped)} unchanged submission(s) not re-graded (--force re-grades them)")
     counter = itertools.count()
+    parallel = max(1, opts.jobs // max(1, len(todo)))  # fewer students than workers: their notebooks at once
     slots: queue.Queue[int] = queue.Queue()
     for k in range(opts.jobs):
         slots.put(k)
@@ -308,7 +312,7 @@ def run(
             t0 = time.perf_counter()
             try:
                 scratch = Path(tmp) / f"s{slot}-{next(counter)}"  # short: Unix socket paths live under it
-                problem = _grade_in_subprocess(root, student, scratch, slot, opts)
+                problem = _grade_in_subprocess(root, student, scratch, slot, opts, parallel)
             except Exception as e:  # never let one student stop the run
                 problem = f"grading {student} failed: {type(e).__name__}: {e}"
             finally:

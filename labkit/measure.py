@@ -38,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from labkit.attention import AttentionMetadata, paged_attention
+from labkit.grading.recipe import rebuildable
 from labkit.kv_cache import allocate_kv_caches
 from labkit.loader import open_gguf
 
@@ -464,6 +465,7 @@ def random_mlp(seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
     return model, torch.randn(pick(1, 8), widths[0], generator=g).to(dtype)
 
 
+@rebuildable
 def toy_training_step(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """`random_mlp(seed)` and its AdamW after ONE step on the mean square of its output."""
     model, x = random_mlp(seed)

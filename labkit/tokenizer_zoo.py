@@ -29,6 +29,7 @@ from functools import cache
 from pathlib import Path
 
 from labkit import assets
+from labkit.grading.recipe import rebuildable
 
 DATA_DIR = Path(__file__).parent / "data"
 UDHR_FILE = DATA_DIR / "udhr_articles_1_3.json"
@@ -48,6 +49,7 @@ def gpt2_files() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
+@rebuildable
 def hf_gpt2_tokenizer(pad_with_eos: bool = False):
     """transformers.GPT2Tokenizer for GPT-2, from labkit's copy of its vocab.json and merges.txt.
 

@@ -23,6 +23,7 @@ from labkit import grading as g
 from labkit import tokenizer as lt
 from labkit import tokenizer_zoo as zoo
 from labkit.exercises.common import int_result, substituted
+from labkit.grading.recipe import rebuildable
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -168,9 +169,15 @@ def _pipeline_expected(emb: nn.Embedding):
     return expected
 
 
-def check_pipeline(cls, hidden: bool = False) -> None:
+@rebuildable
+def pipeline_embedding() -> nn.Embedding:
+    """The pipeline check's embedding table: GPT-2's vocabulary, 8 numbers a token, drawn from seed 1."""
     torch.manual_seed(1)
-    emb = nn.Embedding(gpt2().vocab_size, 8)
+    return nn.Embedding(gpt2().vocab_size, 8)
+
+
+def check_pipeline(cls, hidden: bool = False) -> None:
+    emb = pipeline_embedding()
     run, expected = _pipeline_runner(cls, emb), _pipeline_expected(emb)
     with torch.no_grad():
         if not hidden:

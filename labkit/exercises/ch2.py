@@ -14,6 +14,7 @@ import torch
 from labkit import grading as g
 from labkit import measure, memory
 from labkit.exercises.common import int_result, random_shape, substituted
+from labkit.grading.recipe import rebuildable
 
 _PARTS = ("weights", "gradients", "master_weights", "optimizer_states")
 
@@ -89,6 +90,7 @@ def check_adam_footprint(fn, hidden: bool = False) -> None:
 
 
 # ------------------------------------------------------------------------------------ Task 5
+@rebuildable
 def toy_model_and_loss(seed: int):
     """(model, loss_fn): measure.random_mlp(seed) and the mean square of its output on its batch."""
     model, x = measure.random_mlp(seed)

@@ -72,6 +72,32 @@ MERGE_WRONG = "def merge(ids, pair, new_id):\n    return list(ids)\n"
 UNITS_WRONG = "def units_that_fit(context_len, sample_tokens, sample_units):\n    return 0\n"
 
 
+PATCH_CHECKERS = (
+    "import labkit.grading as lg, labkit.grading.checks as lc\n"
+    "for m in (g, lg, lc):\n    m.check_function = m.check_value = m.check_class = lambda *a, **k: None\n"
+)
+PATCH_COMPARISON = (
+    "import labkit.grading.checks as lc, labkit.grading.compare as cmp\n"
+    "lc._compare = cmp._compare = lambda *a, **k: None\n"
+)
+BLANK_TEST_CELLS = (
+    "get_ipython().input_transformers_cleanup.append(\n"
+    "    lambda lines: ['pass\\n'] if any('check_' in l for l in lines) else lines)\n"
+)
+
+
+def wrong_after(cheat: str) -> Callable:
+    """A submission: `cheat` run in task 1's answer cell, then wrong answers to tasks 1 and 3."""
+
+    def build(sol, rel, ctx):
+        nb = copy.deepcopy(sol)
+        _cell(nb, "t1-units").source = cheat + UNITS_WRONG
+        _cell(nb, "t3-merge").source = MERGE_WRONG
+        return nb
+
+    return build
+
+
 def _delete_task2(nb, ctx):
     nb.cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") not in
                 ("t2-pairs", "t2-pairs-tests")]  # fmt: skip
@@ -249,37 +275,9 @@ CORPUS = [
         needs_sandbox=True,
     ),  # fmt: skip
     # --- changing what judges it (the test cells are judged outside the kernel) -------------------
-    Submission(
-        "monkeypatch-checkers",
-        edit(
-            lambda nb, ctx: [
-                setattr(
-                    _cell(nb, "t1-units"),
-                    "source",
-                    "import labkit.grading as lg, labkit.grading.checks as lc\n"
-                    "for m in (g, lg, lc):\n    m.check_function = m.check_value = m.check_class = "
-                    "lambda *a, **k: None\n" + UNITS_WRONG,
-                ),
-                setattr(_cell(nb, "t3-merge"), "source", MERGE_WRONG),
-            ]
-        ),
-        scores(0, 2, 0),
-    ),  # fmt: skip
-    Submission(
-        "input-transformer",  # blanks every test cell before IPython runs it
-        edit(
-            lambda nb, ctx: [
-                setattr(
-                    _cell(nb, "t1-units"),
-                    "source",
-                    "get_ipython().input_transformers_cleanup.append(\n"
-                    "    lambda lines: ['pass\\n'] if any('check_' in l for l in lines) else lines)\n" + UNITS_WRONG,
-                ),
-                setattr(_cell(nb, "t3-merge"), "source", MERGE_WRONG),
-            ]
-        ),
-        scores(0, 2, 0),
-    ),  # fmt: skip
+    Submission("monkeypatch-checkers", wrong_after(PATCH_CHECKERS), scores(0, 2, 0)),
+    Submission("monkeypatch-comparison", wrong_after(PATCH_COMPARISON), scores(0, 2, 0)),  # all compare equal
+    Submission("input-transformer", wrong_after(BLANK_TEST_CELLS), scores(0, 2, 0)),  # test cells become `pass`
     Submission(
         "expected-from-stack-frame",  # looks for the reference's result in its callers' frames
         answer(

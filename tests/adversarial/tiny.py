@@ -11,7 +11,11 @@ from autograder.authoring import code, markdown, notebook, readonly, solution, t
 STEM = "00_tiny"
 POINTS = {"t1-units-tests": 1.0, "t2-pairs-tests": 2.0, "t3-merge-tests": 2.0}
 
+# The line magic is there as in the chapters' set-up cells (%matplotlib inline): the grading process
+# runs the set-up cell without it; a set-up cell it could not run would send every test cell of the
+# notebook back into the student's kernel, where the cheats below forge their verdicts.
 SETUP = """\
+%precision 4
 from labkit import grading as g
 from labkit import tokenizer as lt
 from labkit import tokenizer_zoo as zoo
