@@ -1,6 +1,6 @@
 """Engine throughput on CPU: labkit's continuous batching against Hugging Face `generate`, SmolLM2-135M.
 
-    .venv/bin/python bench/engine_cpu.py            # full run (minutes); writes bench/results/engine_cpu.*
+    .venv/bin/python bench/engine_cpu.py --threads 2  # full run (minutes); writes bench/results/engine_cpu.*
     .venv/bin/python bench/engine_cpu.py --quick    # smoke run (4 prompts, 8 tokens); writes nothing
 
 The same 16 chat prompts (ChatML, SmolLM2-Instruct's format), greedy, float32, on the same CPU threads:
@@ -8,7 +8,9 @@ The same 16 chat prompts (ChatML, SmolLM2-Instruct's format), greedy, float32, o
   paged KV cache, finished requests leave the batch);
 - HF batched: transformers `LlamaForCausalLM.generate` on the 16 prompts at once, left-padded
   (the baseline): every row runs until the longest answer is done;
-- HF one at a time: `generate` per prompt, no padding.
+- HF one at a time: `generate` per prompt, no padding;
+- labkit, sgemm: labkit with LABKIT_ONEDNN=0, its linear layers and LM head on torch's default
+  F.linear (MKL sgemm) instead of oneDNN (labkit/onednn.py): what that choice is worth, same run.
 The HF model is loaded by transformers itself from the same GGUF file (dequantized to float32).
 
 Two workloads:
@@ -19,8 +21,10 @@ Two workloads:
 
 tokens/s counts generated tokens (EOS included) per wall-clock second, prefill included. Each figure
 is the best of --repeat runs (noise on a shared machine only ever adds time; the JSON keeps every
-run and the median), the three engines interleaved so that noise hits them alike, after a short
-warm-up of each. Greedy tokens are compared with HF one-at-a-time (the parity oracle).
+run, its load average and the median), the engines interleaved so that noise hits them alike, after
+a short warm-up of each. The judged figure is labkit's speedup over HF batched (best against best);
+the ratio of each run (labkit's run i against HF batched's run i) is printed and kept too.
+Greedy tokens are compared with HF one-at-a-time (the parity oracle).
 A last instrumented labkit run splits its step time into scheduler, input preparation, attention,
 the rest of the model, logits, sampling and bookkeeping.
 """
@@ -93,22 +97,44 @@ def run_hf(hf, prompts, max_tokens: int, ignore_eos: bool, batched: bool, eos: i
     return hf_generate(hf, prompts, max_tokens, None if ignore_eos else eos, pad, batched)
 
 
-def measure(llm, hf, prompts, max_tokens, ignore_eos, repeat, eos, pad) -> dict:
+def run_labkit_sgemm(llm: LLM, prompts, max_tokens: int, ignore_eos: bool):
+    """labkit with its linear layers on torch's F.linear (LABKIT_ONEDNN=0, read at every call)."""
+    os.environ["LABKIT_ONEDNN"] = "0"
+    try:
+        return run_labkit(llm, prompts, max_tokens, ignore_eos)
+    finally:
+        del os.environ["LABKIT_ONEDNN"]
+
+
+def rate(token_ids: list[list[int]], seconds: float) -> float:
+    """Generated tokens per second."""
+    return sum(map(len, token_ids)) / seconds
+
+
+ENGINES = ("labkit", "hf_batched", "hf_one_at_a_time", "labkit_sgemm")
+
+
+def measure(llm, hf, prompts, max_tokens, ignore_eos, repeat, eos, pad, label) -> dict:
     engines = {
         "labkit": lambda ps, n: run_labkit(llm, ps, n, ignore_eos),
         "hf_batched": lambda ps, n: run_hf(hf, ps, n, ignore_eos, True, eos, pad),
         "hf_one_at_a_time": lambda ps, n: run_hf(hf, ps, n, ignore_eos, False, eos, pad),
+        "labkit_sgemm": lambda ps, n: run_labkit_sgemm(llm, ps, n, ignore_eos),
     }
+    assert tuple(engines) == ENGINES
     for fn in engines.values():  # warm-up: first calls allocate and pick kernels
         fn(prompts[:2], 4)
     times = {name: [] for name in engines}
-    tokens = {}
+    tokens, loads = {}, []
     for rep in range(repeat):  # interleaved, so that a noisy moment hits every engine alike
         for name, fn in engines.items():
             tokens[name], secs = fn(prompts, max_tokens)
             times[name].append(secs)
             n = sum(map(len, tokens[name]))
-            print(f"  run {rep + 1}: {name:<17} {n:>5} tokens in {secs:6.2f} s", file=sys.stderr, flush=True)
+            print(f"  {label} run {rep + 1}: {name:<17} {n:>5} tokens in {secs:6.2f} s", flush=True)
+        loads.append(round(os.getloadavg()[0], 2))
+        ratio = rate(tokens["labkit"], times["labkit"][-1]) / rate(tokens["hf_batched"], times["hf_batched"][-1])
+        print(f"  {label} run {rep + 1}: labkit / HF batched {ratio:.2f}x (load {loads[-1]})", flush=True)
     result = {}
     for name in engines:
         n = sum(map(len, tokens[name]))
@@ -122,13 +148,17 @@ def measure(llm, hf, prompts, max_tokens, ignore_eos, repeat, eos, pad) -> dict:
         }
     ref = tokens["hf_one_at_a_time"]
     result["parity"] = {
-        name: sum(a == b for a, b in zip(tokens[name], ref)) for name in ("labkit", "hf_batched")
+        name: sum(a == b for a, b in zip(tokens[name], ref)) for name in engines if name != "hf_one_at_a_time"
     }
     result["num_prompts"] = len(prompts)
     lab = result["labkit"]["tokens_per_s"]
-    result["labkit_speedup"] = {
-        b: lab / result[b]["tokens_per_s"] for b in ("hf_batched", "hf_one_at_a_time")
+    result["labkit_speedup"] = {b: lab / result[b]["tokens_per_s"] for b in engines if b != "labkit"}
+    result["labkit_speedup_per_run"] = {
+        b: [round(rate(tokens["labkit"], tl) / rate(tokens[b], tb), 3) for tl, tb in zip(times["labkit"], times[b])]
+        for b in engines
+        if b != "labkit"
     }
+    result["load_per_run"] = loads
     return result
 
 
@@ -199,9 +229,9 @@ def markdown(res: dict) -> str:
         f"Date {res['date']}; CPU {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']} "
         f"({m['threads']} threads), transformers {m['transformers']}, Python {m['python']}. "
         f"Load average before / after: {m['load_before']} / {m['load_after']}.",
-        f"Produced by `bench/engine_cpu.py`; {res['config']['num_prompts']} chat prompts, greedy; "
-        f"the best of "
-        f"{res['config']['repeat']} interleaved runs after a warm-up (medians in the JSON).",
+        f"Produced by `{res['command']}`; {res['config']['num_prompts']} chat prompts, greedy; "
+        f"the best of {res['config']['repeat']} interleaved runs after a warm-up (every run and the medians in "
+        f"the JSON). labkit_sgemm is labkit with LABKIT_ONEDNN=0 (linear layers on MKL sgemm, not oneDNN).",
         "",
         "| workload | engine | tokens | seconds | tokens/s | labkit speedup | greedy = HF one-at-a-time |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -211,7 +241,7 @@ def markdown(res: dict) -> str:
         ("fixed", f"fixed ({res['config']['fixed_tokens']} tokens, EOS ignored)"),
     ):
         r = res[wl]
-        for name in ("labkit", "hf_batched", "hf_one_at_a_time"):
+        for name in ENGINES:
             e = r[name]
             speed = "-" if name == "labkit" else f"{r['labkit_speedup'][name]:.2f}x"
             same = r["parity"].get(name, "(oracle)")
@@ -220,6 +250,11 @@ def markdown(res: dict) -> str:
                 f"| {desc} | {name} | {e['tokens']} | {e['seconds']:.2f} | {e['tokens_per_s']:.1f} | "
                 f"{speed} | {same} |"
             )
+    lines.append("")
+    for wl in ("chat", "fixed"):
+        r = res[wl]
+        runs = ", ".join(f"{x:.2f}x" for x in r["labkit_speedup_per_run"]["hf_batched"])
+        lines.append(f"- {wl}: labkit / HF batched per run {runs} (1-minute load after each run {r['load_per_run']}).")
     b = res["breakdown"]
     lines += [
         "",
@@ -236,8 +271,8 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="labkit vs HF generate on CPU")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--fixed-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--fixed-tokens", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="4 prompts, 8 tokens, 1 repeat; writes nothing")
@@ -270,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             "prompt_tokens": [len(p) for p in prompts],
         },
     }
-    res["chat"] = measure(llm, hf, prompts, args.max_tokens, False, args.repeat, eos, pad)
-    res["fixed"] = measure(llm, hf, prompts, args.fixed_tokens, True, args.repeat, eos, pad)
+    res["command"] = " ".join(["bench/engine_cpu.py", *(sys.argv[1:] if argv is None else argv)])
+    res["chat"] = measure(llm, hf, prompts, args.max_tokens, False, args.repeat, eos, pad, "chat")
+    res["fixed"] = measure(llm, hf, prompts, args.fixed_tokens, True, args.repeat, eos, pad, "fixed")
     res["breakdown"] = breakdown(llm, prompts, args.max_tokens)
     res["machine"] = {
         "cpu": cpu_model(),
@@ -285,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = markdown(res)
     print(text)
+    for wl in ("chat", "fixed"):
+        r = res[wl]
+        lab, hfb = r["labkit"]["tokens_per_s"], r["hf_batched"]["tokens_per_s"]
+        print(f"{wl}: labkit {lab:.1f} tok/s, HF batched {hfb:.1f} tok/s: {r['labkit_speedup']['hf_batched']:.2f}x "
+              f"(per run: {r['labkit_speedup_per_run']['hf_batched']}); greedy = HF one-at-a-time: labkit "
+              f"{r['parity']['labkit']}/{r['num_prompts']}, HF batched {r['parity']['hf_batched']}/{r['num_prompts']}")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "engine_cpu.json").write_text(json.dumps(res, indent=2) + "\n")

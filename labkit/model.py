@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit import fused
+from labkit import fused, onednn
 from labkit.attention import DEFAULT_BACKEND, AttentionMetadata, paged_attention
 
 # ----------------------------------------------------------------------------------------------------
@@ -113,6 +113,13 @@ def _check_rope_scaling(scaling: dict | None) -> dict | None:
 # layers
 
 
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) whose product runs on oneDNN on CPU: labkit/onednn.py."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return onednn.linear(x, self.weight, self.bias)
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, the statistics in float32 whatever the input dtype."""
 
@@ -182,10 +189,10 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = (c.num_attention_heads, c.num_key_value_heads, c.head_dim)
         self.scale = self.head_dim**-0.5
         self.attn_backend = attn_backend
-        self.q_proj = nn.Linear(c.hidden_size, self.num_heads * self.head_dim, bias=c.attention_bias)
-        self.k_proj = nn.Linear(c.hidden_size, self.num_kv_heads * self.head_dim, bias=c.attention_bias)
-        self.v_proj = nn.Linear(c.hidden_size, self.num_kv_heads * self.head_dim, bias=c.attention_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, c.hidden_size, bias=False)
+        self.q_proj = Linear(c.hidden_size, self.num_heads * self.head_dim, bias=c.attention_bias)
+        self.k_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, bias=c.attention_bias)
+        self.v_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, bias=c.attention_bias)
+        self.o_proj = Linear(self.num_heads * self.head_dim, c.hidden_size, bias=False)
         if c.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, c.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, c.rms_norm_eps)
@@ -212,9 +219,9 @@ class LlamaMLP(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x), self.up_proj(x)
@@ -259,7 +266,7 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(config, attn_backend)
         # tied: compute_logits multiplies by the embedding matrix itself, so there is nothing to keep in sync
         self.lm_head = (
-            None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size, bias=False)
         )
 
     def forward(
@@ -283,7 +290,7 @@ class LlamaForCausalLM(nn.Module):
         An engine passes only the rows it samples from (each sequence's last query row,
         hidden[query_start_loc[1:] - 1]), not the whole flat batch."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return onednn.linear(hidden, weight).float()
 
     @property
     def device(self) -> torch.device:
