@@ -1,11 +1,13 @@
 """Engine throughput on CPU: labkit's continuous batching against Hugging Face `generate`, SmolLM2-135M.
 
     .venv/bin/python bench/engine_cpu.py --threads 2  # full run (minutes); writes bench/results/engine_cpu.*
-    .venv/bin/python bench/engine_cpu.py --quick    # smoke run (4 prompts, 8 tokens); writes nothing
+    .venv/bin/python bench/engine_cpu.py --quick      # smoke run (4 prompts, 8 tokens); writes nothing
 
 The same 16 chat prompts (ChatML, SmolLM2-Instruct's format), greedy, float32, on the same CPU threads:
 - labkit: `LLM("smollm2-135m-instruct").generate(prompts)`: all 16 in one engine (continuous batching,
-  paged KV cache, finished requests leave the batch);
+  paged KV cache, finished requests leave the batch). Every timed run gets a fresh engine over the
+  loaded model, so its prefix cache starts empty as in a first run (the prompts still share the
+  blocks of their common system prompt within a run, as in any vLLM-style engine);
 - HF batched: transformers `LlamaForCausalLM.generate` on the 16 prompts at once, left-padded
   (the baseline): every row runs until the longest answer is done;
 - HF one at a time: `generate` per prompt, no padding;
@@ -85,6 +87,12 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
+def fresh_engine(llm: LLM) -> LLM:
+    """A new engine over the same loaded model, so with an empty prefix cache: every timed run repeats the
+    same prompts, and the cache of an earlier run would let labkit skip almost all of their prefill."""
+    return LLM(llm.llm_engine.model, llm.get_tokenizer(), max_num_seqs=llm.llm_engine.scheduler_config.max_num_seqs)
+
+
 def run_labkit(llm: LLM, prompts, max_tokens: int, ignore_eos: bool) -> tuple[list[list[int]], float]:
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=ignore_eos)
     t0 = time.perf_counter()
@@ -116,10 +124,10 @@ ENGINES = ("labkit", "hf_batched", "hf_one_at_a_time", "labkit_sgemm")
 
 def measure(llm, hf, prompts, max_tokens, ignore_eos, repeat, eos, pad, label) -> dict:
     engines = {
-        "labkit": lambda ps, n: run_labkit(llm, ps, n, ignore_eos),
+        "labkit": lambda ps, n: run_labkit(fresh_engine(llm), ps, n, ignore_eos),
         "hf_batched": lambda ps, n: run_hf(hf, ps, n, ignore_eos, True, eos, pad),
         "hf_one_at_a_time": lambda ps, n: run_hf(hf, ps, n, ignore_eos, False, eos, pad),
-        "labkit_sgemm": lambda ps, n: run_labkit_sgemm(llm, ps, n, ignore_eos),
+        "labkit_sgemm": lambda ps, n: run_labkit_sgemm(fresh_engine(llm), ps, n, ignore_eos),
     }
     assert tuple(engines) == ENGINES
     for fn in engines.values():  # warm-up: first calls allocate and pick kernels
@@ -164,6 +172,7 @@ def measure(llm, hf, prompts, max_tokens, ignore_eos, repeat, eos, pad, label) -
 
 def breakdown(llm: LLM, prompts, max_tokens: int) -> dict:
     """Milliseconds per engine step spent in each part, from one instrumented run (chat workload)."""
+    llm = fresh_engine(llm)
     engine = llm.llm_engine
     acc: dict[str, float] = {}
     patched = []
