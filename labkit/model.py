@@ -27,6 +27,7 @@ from torch import nn
 
 from labkit import fused, onednn
 from labkit.attention import DEFAULT_BACKEND, AttentionMetadata, paged_attention
+from labkit.onednn import Linear  # nn.Linear, computed by oneDNN on CPU
 
 # ----------------------------------------------------------------------------------------------------
 # config
@@ -111,13 +112,6 @@ def _check_rope_scaling(scaling: dict | None) -> dict | None:
 
 # ----------------------------------------------------------------------------------------------------
 # layers
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) whose product runs on oneDNN on CPU: labkit/onednn.py."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return onednn.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):

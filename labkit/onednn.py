@@ -8,9 +8,9 @@ row-major weight: nothing is copied or repacked). Over a whole engine run on the
 bench/engine_cpu.py, oneDNN for the head alone cut the time by 13%, for every linear layer by 16%
 (same greedy tokens). The results agree with sgemm to float32 rounding (the sum runs in another order).
 
-`linear(x, weight, bias)` is what labkit/model.py calls: oneDNN for float32 CPU tensors outside
-autograd (the op has no backward), `F.linear` otherwise. LABKIT_ONEDNN=0 turns it off (read at every
-call, so a benchmark can compare both in one process).
+`linear(x, weight, bias)` is what labkit/model.py calls (its layers are the `Linear` below): oneDNN for
+float32 CPU tensors outside autograd (the op has no backward), `F.linear` otherwise. LABKIT_ONEDNN=0
+turns it off (read at every call, so a benchmark can compare both in one process).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 @functools.cache
@@ -46,4 +47,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 
-__all__ = ["enabled", "linear"]
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state dict) whose forward is `linear` above: labkit/model.py's layers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+__all__ = ["Linear", "enabled", "linear"]

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labkit import onednn
-from labkit.model import Linear
 
 pytestmark = pytest.mark.skipif(not onednn._available(), reason="this torch build has no oneDNN")
 
@@ -62,7 +61,7 @@ def test_falls_back_where_it_must(monkeypatch):
 
 def test_gradients_still_flow_through_linear():
     """The oneDNN op has no backward: with autograd on, the layer takes F.linear and trains as nn.Linear."""
-    layer, ref = Linear(3, 4), torch.nn.Linear(3, 4)
+    layer, ref = onednn.Linear(3, 4), torch.nn.Linear(3, 4)
     ref.load_state_dict(layer.state_dict())
     x = torch.randn(5, 3)
     assert not onednn.enabled(x, layer.weight)
