@@ -230,6 +230,43 @@ def breakdown(llm: LLM, prompts, max_tokens: int) -> dict:
     }
 
 
+def best_us(fn, calls: int = 20, rounds: int = 5) -> float:
+    """Microseconds per call of fn(), the best of `rounds` rounds of `calls` calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return 1e6 * best
+
+
+@torch.inference_mode()
+def kernels(llm: LLM, num_seqs: int) -> dict:
+    """The two CPU choices in labkit's decode step, each next to the alternative on the same data:
+    the LM head (num_seqs rows x the tied embedding) on oneDNN vs F.linear (MKL sgemm), and one layer's
+    decode gather of num_seqs sequences of 96 tokens from shuffled blocks, index_select vs cache[blocks]."""
+    from labkit import onednn
+
+    g = torch.Generator().manual_seed(0)
+    model = llm.llm_engine.model
+    weight = model.model.embed_tokens.weight
+    hidden = torch.randn(num_seqs, weight.shape[1], generator=g)
+    k_cache = llm.llm_engine.runner.kv_caches[0][0]
+    block_size, seq_len = k_cache.shape[1], 96
+    nb = -(-seq_len // block_size)
+    blocks = torch.randperm(k_cache.shape[0], generator=g)[: num_seqs * nb].view(num_seqs, nb)
+    out = {
+        "lm_head_onednn_us": best_us(lambda: onednn.linear(hidden, weight)),
+        "lm_head_f_linear_us": best_us(lambda: torch.nn.functional.linear(hidden, weight)),
+        "gather_index_select_us": best_us(lambda: k_cache.index_select(0, blocks.view(-1)), calls=200),
+        "gather_advanced_indexing_us": best_us(lambda: k_cache[blocks], calls=200),
+    }
+    assert torch.equal(k_cache.index_select(0, blocks.view(-1)).view(k_cache[blocks].shape), k_cache[blocks])
+    return {"num_seqs": num_seqs, "seq_len": seq_len, **out}
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [
@@ -275,6 +312,20 @@ def markdown(res: dict) -> str:
     ]
     for part, ms in b["parts_ms_per_step"].items():
         lines.append(f"| {part} | {ms:.2f} | {100 * ms / b['ms_per_step']:.0f}% |")
+    k = res["kernels"]
+    lines += [
+        "",
+        f"labkit's two CPU choices, each against the alternative on the same data ({k['num_seqs']} sequences):",
+        "",
+        "| operation | labkit's choice | us | alternative | us | speedup |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+        f"| LM head, {k['num_seqs']} rows x the tied embedding | oneDNN (labkit/onednn.py) | "
+        f"{k['lm_head_onednn_us']:.0f} | F.linear (MKL sgemm) | {k['lm_head_f_linear_us']:.0f} | "
+        f"{k['lm_head_f_linear_us'] / k['lm_head_onednn_us']:.2f}x |",
+        f"| one layer's K decode gather, {k['seq_len']} tokens per sequence | index_select | "
+        f"{k['gather_index_select_us']:.0f} | cache[blocks] | {k['gather_advanced_indexing_us']:.0f} | "
+        f"{k['gather_advanced_indexing_us'] / k['gather_index_select_us']:.2f}x |",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -318,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     res["chat"] = measure(llm, hf, prompts, args.max_tokens, False, args.repeat, eos, pad, "chat")
     res["fixed"] = measure(llm, hf, prompts, args.fixed_tokens, True, args.repeat, eos, pad, "fixed")
     res["breakdown"] = breakdown(llm, prompts, args.max_tokens)
+    res["kernels"] = kernels(llm, len(prompts))
     res["machine"] = {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),

@@ -2,11 +2,12 @@
 
 On CPU, torch computes a float32 `F.linear` with MKL's sgemm. For the shapes of a decode step (a
 few to a few dozen rows against a wide weight) that is far from the machine's rate: on a 2-core AMD
-EPYC (torch 2.13, 2 threads), 13 rows x SmolLM2's tied LM head (49,152 x 576) take 18-20 ms in
+EPYC (torch 2.13, 2 threads), 13 rows x SmolLM2's tied LM head (49,152 x 576) took 18-20 ms in
 sgemm and 8-10 ms in oneDNN (torch's `mkldnn._linear_pointwise`, which reads the same dense,
-row-major weight: nothing is copied or repacked). Over a whole engine run on the chat workload of
-bench/engine_cpu.py, oneDNN for the head alone cut the time by 13%, for every linear layer by 16%
-(same greedy tokens). The results agree with sgemm to float32 rounding (the sum runs in another order).
+row-major weight: nothing is copied or repacked), and the model's own layers gain less but gain.
+bench/engine_cpu.py measures both the LM head alone and the whole engine with and without it
+(LABKIT_ONEDNN=0), in the same run. The results agree with sgemm to float32 rounding (the sums run
+in another order), and greedy tokens stay those of HF transformers.
 
 `linear(x, weight, bias)` is what labkit/model.py calls (its layers are the `Linear` below): oneDNN for
 float32 CPU tensors outside autograd (the op has no backward), `F.linear` otherwise. LABKIT_ONEDNN=0

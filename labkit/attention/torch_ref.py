@@ -107,8 +107,8 @@ def _plan(meta: AttentionMetadata, block_size: int, fresh_ok: bool) -> _Plan:
 def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """cache (N, B, Hkv, D), blocks (..., nb) int64 -> (..., nb * B, Hkv, D): a sequence's tokens in order.
 
-    index_select copies whole blocks; on CPU it is 5-7x faster than the same gather written cache[blocks]
-    (advanced indexing), which was most of the attention time of a decode step."""
+    index_select copies whole blocks; on CPU the same gather written cache[blocks] (advanced indexing)
+    is several times slower, and was most of a decode step's attention time (bench/engine_cpu.py)."""
     return cache.index_select(0, blocks.reshape(-1)).view(*blocks.shape[:-1], -1, *cache.shape[2:])
 
 
