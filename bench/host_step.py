@@ -2,6 +2,7 @@
 
     python bench/host_step.py              # host ms per decode step and where it goes
     python bench/host_step.py --profile    # plus cProfile's top functions
+    python bench/host_step.py --quick      # 20 steps: a smoke run (make bench BENCH_ARGS=--quick)
 
 On a GPU a decode step replays one CUDA graph; everything else in the step is host work during which the
 GPU waits: scheduling, filling the graph's input buffer, launching the sampler, bookkeeping after it.
@@ -98,7 +99,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="20 steps instead of --steps")
     args = ap.parse_args()
+    if args.quick:
+        args.steps = 20
     torch.set_num_threads(1)
     engine = build_engine()
     for _ in range(5):
