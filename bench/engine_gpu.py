@@ -445,9 +445,11 @@ def bench_engine(res: dict, quick: bool, eager: bool) -> None:
         ("labkit_default", prompts, output_lens, {}),
         ("labkit_default_small", *small, {}),
     ]
+    runs.append(("labkit_default_unfused", prompts, output_lens, {}))  # LABKIT_FUSED=0: labkit/fused.py's worth
     if eager:
         runs.append(("labkit_eager_small", *small, dict(enforce_eager=True)))  # no CUDA graphs
     for name, ps, outs, config in runs:
+        os.environ["LABKIT_FUSED"] = "0" if name.endswith("unfused") else "1"  # read at graph capture
         eng[name] = r = run_labkit(model, ps, outs, temp, **config)
         print(
             f"  {name:22s} {r['tokens_per_s']:8.0f} tok/s  ({r['output_tokens']} tokens in {r['seconds']:.2f} s; "
@@ -457,6 +459,7 @@ def bench_engine(res: dict, quick: bool, eager: bool) -> None:
             f"Triton compiles ({r['triton_compile_s_in_run']:.2f} s); {r['config']})",
             flush=True,
         )
+    os.environ.pop("LABKIT_FUSED")
     eng["hf_small"] = r = run_hf(hf, *small, temp, batch_size=len(small[0]))
     print(
         f"  hf_generate_small      {r['tokens_per_s']:8.0f} tok/s  ({r['output_tokens']} tokens, {r['seconds']:.2f} s)"
@@ -465,10 +468,11 @@ def bench_engine(res: dict, quick: bool, eager: bool) -> None:
     eng["roofline_share_tuned"] = eng["labkit_tuned"]["tokens_per_s"] / roof
     eng["roofline_share_default"] = eng["labkit_default"]["tokens_per_s"] / roof
     eng["ratio_vs_hf_small"] = eng["labkit_default_small"]["tokens_per_s"] / eng["hf_small"]["tokens_per_s"]
+    eng["fused_vs_unfused"] = eng["labkit_default"]["tokens_per_s"] / eng["labkit_default_unfused"]["tokens_per_s"]
     print(
         f"  roofline share: tuned {100 * eng['roofline_share_tuned']:.1f}%, default "
         f"{100 * eng['roofline_share_default']:.1f}%; labkit / HF on the small workload: "
-        f"{eng['ratio_vs_hf_small']:.1f}x",
+        f"{eng['ratio_vs_hf_small']:.1f}x; fused kernels {eng['fused_vs_unfused']:.3f}x the unfused run",
         flush=True,
     )
 
@@ -484,7 +488,8 @@ def engine_markdown(res: dict) -> list[str]:
         "count, s | slowest step ms | Triton compiles in the run (s) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ("labkit_tuned", "labkit_default", "labkit_default_small", "labkit_eager_small"):
+    names = ("labkit_tuned", "labkit_default", "labkit_default_unfused", "labkit_default_small", "labkit_eager_small")
+    for name in names:
         if name not in eng:
             continue
         r = eng[name]
@@ -504,7 +509,9 @@ def engine_markdown(res: dict) -> list[str]:
         "",
         f"labkit at {100 * eng['roofline_share_tuned']:.1f}% of the roofline tuned, "
         f"{100 * eng['roofline_share_default']:.1f}% with the default configuration; "
-        f"{eng['ratio_vs_hf_small']:.1f}x HF generate on the small workload (default configuration).",
+        f"{eng['ratio_vs_hf_small']:.1f}x HF generate on the small workload (default configuration). "
+        f"labkit/fused.py's kernels (q/k norm + RoPE, SiLU-mul, residual add + RMSNorm, RMSNorm): "
+        f"{eng['fused_vs_unfused']:.3f}x the tok/s of the same run with LABKIT_FUSED=0.",
         "",
     ]
     return lines

@@ -4,9 +4,9 @@ In torch, RMSNorm is 8 kernels (cast, square, mean, add, rsqrt, multiply, cast, 
 tensor. A decode step of a 28-layer model runs them about 1,100 times on rows of a few KB, where each
 kernel costs its launch latency (a couple of microseconds even inside a CUDA graph), not its bytes.
 Here each is one kernel, computing the same function with the same roundings as labkit/model.py's
-torch code (statistics in float32, the result rounded to the input dtype where torch rounds it). Two
-are fused further: Qwen3's per-head q/k RMSNorm with the RoPE that follows it (4 kernels a layer -> 2)
-and SwiGLU's silu(gate) * up (2 -> 1).
+torch code (statistics in float32, the result rounded to the input dtype where torch rounds it). Three
+are fused further: Qwen3's per-head q/k RMSNorm with the RoPE that follows it (4 kernels a layer -> 2),
+SwiGLU's silu(gate) * up (2 -> 1), and the residual add with the RMSNorm after it (4 -> 2).
 labkit/model.py calls them for CUDA tensors when triton is installed; LABKIT_FUSED=0 turns them off.
 """
 
@@ -48,6 +48,21 @@ def _kernels():
         x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / n_cols + eps)
         y = (x * rstd).to(out_ptr.dtype.element_ty).to(tl.float32)  # torch: x32 * rstd, then .to(dtype)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * n_cols + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)  # res_out = x + res (rounded to the dtype), out = norm(res_out)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        r = x + tl.load(res_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        r = r.to(res_out_ptr.dtype.element_ty)  # torch: the sum in float32, rounded once to the dtype
+        tl.store(res_out_ptr + row * n_cols + cols, r, mask=mask)
+        r = r.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(r * r, 0) / n_cols + eps)
+        y = (r * rstd).to(res_out_ptr.dtype.element_ty).to(tl.float32)  # as rms_norm_kernel
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * n_cols + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -103,7 +118,7 @@ def _kernels():
         act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)  # torch: silu rounded to the dtype, then * up
         tl.store(out_ptr + row * n_cols + cols, (act * u).to(dt), mask=mask)
 
-    return triton, rms_norm_kernel, rope_kernel, rms_norm_rope_kernel, silu_mul_kernel
+    return triton, rms_norm_kernel, rope_kernel, rms_norm_rope_kernel, silu_mul_kernel, add_rms_norm_kernel
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -116,6 +131,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x2.shape[0]:
         kernel[(x2.shape[0],)](x2, weight, out, x2.shape[1], eps, BLOCK=triton.next_power_of_2(x2.shape[1]))
     return out.view(*x.shape[:-1], x.shape[-1])
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual) in one kernel: a decoder layer's residual add and the norm
+    that follows it (vLLM's fused_add_rms_norm). x and residual (..., dim), one dtype."""
+    triton, kernel = _kernels()[0], _kernels()[5]
+    assert x.shape == residual.shape and x.dtype == residual.dtype, (x.shape, residual.shape, x.dtype, residual.dtype)
+    x2, r2 = x.reshape(-1, x.shape[-1]).contiguous(), residual.reshape(-1, x.shape[-1]).contiguous()
+    new_residual = torch.empty_like(x2)
+    out = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    if x2.shape[0]:
+        block = triton.next_power_of_2(x2.shape[1])
+        kernel[(x2.shape[0],)](x2, r2, weight, out, new_residual, x2.shape[1], eps, BLOCK=block)
+    return out.view(x.shape[:-1] + out.shape[-1:]), new_residual.view(x.shape)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

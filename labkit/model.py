@@ -122,7 +122,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """(..., dim) -> (..., dim); given a residual, (norm(x + residual), x + residual) as vLLM's layers do."""
+        if residual is not None:
+            if fused.enabled(x):  # the add and the norm in one CUDA kernel
+                return fused.add_rms_norm(x, residual, self.weight, self.eps)
+            residual = x + residual
+            return self(residual), residual
         if fused.enabled(x):  # the same function in one CUDA kernel (labkit/fused.py)
             return fused.rms_norm(x, self.weight, self.eps)
         x32 = x.float()
@@ -230,9 +236,15 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, h, cos, sin, kv_cache, meta):  # (T, hidden) -> (T, hidden)
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, kv_cache, meta)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, h, residual, cos, sin, kv_cache, meta):  # (T, hidden) x 2 -> (T, hidden) x 2
+        # h: the last sublayer's output, residual: the running sum (None before the first layer); the
+        # residual add happens inside the next norm. Same sums as h = h + attn(norm(h)); h + mlp(norm(h)).
+        if residual is None:
+            h, residual = self.input_layernorm(h), h
+        else:
+            h, residual = self.input_layernorm(h, residual)
+        h, residual = self.post_attention_layernorm(self.self_attn(h, cos, sin, kv_cache, meta), residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -245,10 +257,10 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, kv_caches, meta):  # (T,), (T,) -> (T, hidden)
         cos, sin = self.rotary_emb(positions)  # (T, D) each, float32
-        h = self.embed_tokens(input_ids)
+        h, residual = self.embed_tokens(input_ids), None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            h = layer(h, cos, sin, kv_cache, meta)
-        return self.norm(h)
+            h, residual = layer(h, residual, cos, sin, kv_cache, meta)
+        return self.norm(h, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):

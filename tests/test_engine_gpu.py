@@ -128,7 +128,7 @@ def test_torch_backend_forced_runs_eagerly(monkeypatch):
 @pytest.mark.parametrize("shape", [(1, 64), (37, 1024), (300, 8, 128), (5, 16, 576)])
 def test_fused_kernels_match_torch(monkeypatch, dtype, shape):
     """labkit/fused.py against the torch code of labkit/model.py (LABKIT_FUSED=0): RMSNorm, RoPE, q/k
-    norm + RoPE, silu(gate) * up."""
+    norm + RoPE, silu(gate) * up, residual add + RMSNorm."""
     from labkit import fused
     from labkit.model import RMSNorm, apply_rope
 
@@ -159,4 +159,10 @@ def test_fused_kernels_match_torch(monkeypatch, dtype, shape):
     got = fused.silu_mul(x, up)
     assert not got.isnan().any()
     expected = torch.nn.functional.silu(x) * up
+    torch.testing.assert_close(got, expected, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-2)
+    monkeypatch.setenv("LABKIT_FUSED", "0")  # the residual add and the norm after it (a decoder layer's)
+    expected, expected_sum = norm(x, up)
+    monkeypatch.setenv("LABKIT_FUSED", "1")
+    got, got_sum = norm(x, up)
+    assert torch.equal(got_sum, expected_sum) and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-2)
