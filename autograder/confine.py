@@ -13,9 +13,12 @@ the sandbox anyway) cannot reach any of them.
 
 What crosses is in autograder/wire.py: values, tensors with their storage, labkit objects by state
 (with their identity for the session), objects of `@rebuildable` labkit functions by recipe (the
-kernel builds its own). An argument the kernel cannot receive otherwise (a reference object with
-state of its own, a hook) raises `Unsendable` and sets `Remote.unsendable`; the cell is then run in
-the kernel as before (`confined: false` in the cell's metadata, and a line in the student's log).
+kernel builds its own), and served objects (labkit/grading/served.py: chapter 3's decode-loop model)
+by name: the kernel gets a client whose requests come back on the same socket during the call, and
+`Link.request` answers them (`Link._answer`) until the call's own reply arrives. An argument the
+kernel cannot receive otherwise (a reference object with state of its own, a hook) raises
+`Unsendable` and sets `Remote.unsendable`; the cell is then run in the kernel as before (`confined:
+false` in the cell's metadata, and a line in the student's log; no test of this workbook does).
 Set-up cells run here without their line magics (`%matplotlib inline`).
 """
 
@@ -48,6 +51,7 @@ def _labkit_server():
     exec(compile(_WIRE_SOURCE, "<labkit wire>", "exec"), _w)
     ns, handles, memo, _MISSING = get_ipython().user_ns, {}, {}, object()
     session = [None]  # the tensor storages shared with the grader during one request loop
+    link = [None]  # the stream of that loop: a served object's requests go back on it during a call
     guards = {}  # forbidden labels -> (their Guard, the bytecode of each forbidden function)
 
     def params(obj):
@@ -79,6 +83,25 @@ def _labkit_server():
 
     def dec(d):
         return _w["decode"](d, lambda k, info: handles[k], storages=session[0])
+
+    def ask(key, request):  # a request to the grader's served object `key`, from inside a call
+        import builtins as _b
+        data = _json.dumps({"cb": key, "request": request}).encode()
+        link[0].write(len(data).to_bytes(8, "big") + data)
+        link[0].flush()
+        head = link[0].read(8)
+        if len(head) < 8:
+            raise ConnectionError("the grader closed the connection")
+        reply = _json.loads(link[0].read(int.from_bytes(head, "big")))
+        if "error" in reply:
+            cls = getattr(_b, str(reply["error"]), None)
+            cls = cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError
+            raise cls(str(reply.get("message", "")))
+        return _w["decode"](reply["value"])
+
+    def client(key, info):  # a "$M": the grader's served object, reached through ask()
+        from labkit.grading.served import ModelClient
+        return ModelClient(info, lambda request: ask(key, request))
 
     def handle(r):
         try:
@@ -164,6 +187,7 @@ def _labkit_server():
         conn.connect(path)
         stream = conn.makefile("rwb")
         session[0] = _w["Storages"](rebuild=True)
+        session[0].client, link[0] = client, stream
         try:
             while True:
                 head = stream.read(8)
@@ -178,7 +202,7 @@ def _labkit_server():
         finally:
             stream.close()
             conn.close()
-            session[0] = None
+            session[0] = link[0] = None
 
 
     return serve
@@ -284,10 +308,33 @@ class Link:
                         "`_labkit_serve` removed?)"}  # fmt: skip
             data = json.dumps(payload).encode()
             self.conn.sendall(len(data).to_bytes(8, "big") + data)
-            return json.loads(self._recv(int.from_bytes(self._recv(8), "big")))
+            deadline = time.monotonic() + self.timeout  # requests of a served object do not keep it forever
+            while True:
+                reply = json.loads(self._recv(int.from_bytes(self._recv(8), "big")))
+                if not (isinstance(reply, dict) and "cb" in reply):
+                    return reply
+                if time.monotonic() > deadline:
+                    raise KernelStuck("the student's kernel kept asking and never answered")
+                self._answer(reply)  # the call asks a served object of ours, then goes on
         except BaseException as e:  # the check's time limit (raised by its alarm), a dead kernel, no reply
             self.stuck = True
             raise e if not isinstance(e, Exception) else KernelStuck(str(e)) from e
+
+    def _answer(self, message: dict) -> None:
+        """A request the student's code made, during a call, to an object served from here ("$M" in
+        autograder/wire.py: chapter 3's model, labkit/grading/served.py): it validates the request and
+        runs it; an error it raises goes back to the student's code as its type and message."""
+        served = self.storages.served.get(str(message.get("cb")))
+        try:
+            if served is None:
+                raise ValueError("no such served object")
+            out = {"value": wire.encode(served.serve(message.get("request")))}
+        except (ValueError, TypeError, IndexError) as e:
+            out = {"error": type(e).__name__, "message": str(e)[:500]}
+        except Exception:  # the grader's own failure: nothing of it goes to the kernel
+            out = {"error": "RuntimeError", "message": "the grader could not answer this request"}
+        data = json.dumps(out).encode()
+        self.conn.sendall(len(data).to_bytes(8, "big") + data)
 
     def end(self) -> None:
         """Stop the kernel's request loop before the kernel runs anything else; `stuck` if it won't."""

@@ -6,7 +6,10 @@ bytes, dataclass instances, labkit enums, numpy arrays, torch generators (their 
 tensors (their whole storage, base64, and their view) as tagged objects; instances of labkit classes
 by their attributes, named for the session (`Storages`) so that identity holds and what comes back
 updates the original; objects made by a `@rebuildable` labkit function (labkit/grading/recipe.py)
-by their recipe, which only the kernel's side rebuilds. Anything else becomes a handle
+by their recipe, which only the kernel's side rebuilds; a labkit object marked `labkit_served` (the
+model of chapter 3's decode-loop checks, labkit/grading/served.py) as "$M", a name the receiver
+turns into a client (`Storages.client`, set only on the kernel's side) whose requests the sender
+answers during the call (autograder/confine.py). Anything else becomes a handle
 (`{"$h": n}`) when a `handles` registry is given (the kernel keeps its objects and the grader gets a
 proxy), else raises `Unsendable`. `decode(data, handle, storages=session)` rebuilds the value;
 `handle(n, info)` makes what a handle decodes to; only labkit's own types and functions are named.
@@ -61,6 +64,8 @@ class Storages:
         self.received_objects: dict[str, Any] = {}  # the peer's name -> our labkit object
         self.object_origin: dict[int, str] = {}  # id of our object made from the peer's -> its name
         self.own_objects: dict[str, Any] = {}  # our name -> our labkit object, for what we sent
+        self.served: dict[str, Any] = {}  # our name -> our served object ("$M"), for the peer's requests
+        self.client = None  # (name, info) -> a client of the peer's served object; None: refused here
 
 
 def _storage_id(storage) -> int:
@@ -147,6 +152,11 @@ def encode(x: Any, handles: dict | None = None, depth: int = 0, storages: Storag
         return {"$A": x.dtype.str, "shape": list(x.shape), "data": base64.b64encode(raw).decode()}
     if np is not None and isinstance(x, np.generic):
         return enc(x.item())
+    if handles is None and getattr(type(x), "labkit_served", False) is True \
+            and _labkit_type(_label(type(x)), object) is type(x):  # the kernel gets a client; requests come here
+        key = f"M{id(x)}"
+        storages.served[key] = x
+        return {"$M": key, "info": enc(x.served_info())}
     plain = hasattr(x, "__dict__") and not isinstance(x, type) and not (torch and isinstance(x, torch.nn.Module))
     if plain and _labkit_type(_label(type(x)), object) is type(x):  # a module's state is torch's, not ours
         return _object(x, storages, enc)
@@ -332,6 +342,10 @@ def decode(data: Any, handle=None, storages: Storages | None = None) -> Any:
         return _rebuild(data, storages, dec)
     if "$o" in data:
         return _decode_object(data, storages, dec)
+    if "$M" in data:
+        if storages.client is None:
+            raise ValueError("a served object where none is accepted")
+        return storages.client(str(data["$M"]), dec(data["info"]))
     if "$h" in data:
         if handle is None:
             raise ValueError("a handle where none is expected")

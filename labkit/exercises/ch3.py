@@ -3,15 +3,17 @@
     ch3.check_contiguous_cache(ContiguousKVCache)               # visible checks
     ch3.check_contiguous_cache(ContiguousKVCache, hidden=True)  # the grader's fresh random inputs
 
-The decode-loop checks run on a tiny random Llama-family model (milliseconds per step) and count the
-token positions the loop sends through the model. The cached loop is checked with labkit's
-ContiguousKVCache in place of the student's, so a broken cache costs only its own task.
+The decode-loop checks run on a tiny random Llama-family model (milliseconds per step), served
+(labkit/grading/served.py): the loop reaches it only through the chapter's building blocks, and every
+forward it asks for is run and recorded by the check (in the grading process, under the autograder),
+which compares the new ids and the sequences run with the reference's. The cached loop is checked
+with labkit's ContiguousKVCache in place of the student's, so a broken cache costs only its own task.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from contextlib import contextmanager
 
 import torch
 
@@ -20,12 +22,16 @@ from labkit import fragmentation, measure, memory
 from labkit import grading as g
 from labkit.attention import paged_attention
 from labkit.exercises.common import int_result, random_shape, substituted
+from labkit.grading import served
+from labkit.grading.compare import short
 from labkit.loader import random_model
 from labkit.model import ModelConfig
 
-# A tiny random Llama-family model: the checks of the decode loops run on it in milliseconds.
+# A tiny random Llama-family model: the checks of the decode loops run on it in milliseconds. Its LM head
+# is its own: with the embedding tied, greedy decoding on small random weights repeats the last token
+# whatever the seed, and a loop could then return the right ids without the model's logits.
 TINY = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2)
+                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
 
 
 # ------------------------------------------------------------------------------------ Tasks 1 and 2
@@ -158,28 +164,55 @@ def check_contiguous_cache(cls, hidden: bool = False) -> None:
 
 
 # ------------------------------------------------------------------------------------ Tasks 7 and 8
-@contextmanager
-def count_token_forwards(model: torch.nn.Module):
-    """Counts the token positions embedded by `model` inside the block (any forward path)."""
-    counter = {"count": 0}
-    handle = model.model.embed_tokens.register_forward_pre_hook(
-        lambda module, args: counter.__setitem__("count", counter["count"] + int(args[0].numel())))
-    try:
-        yield counter
-    finally:
-        handle.remove()
+@dataclasses.dataclass(frozen=True)
+class LoopRun:
+    """What a decode loop returned, and what it ran through the model (labkit/grading/served.py)."""
+
+    new_ids: list[int]
+    sequences: list[list[int]]  # the token ids of each sequence run: one per cache, or per last_token_logits call
+
+    @property
+    def token_forwards(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+    def __repr__(self) -> str:
+        return (f"new ids {self.new_ids}; {self.token_forwards} token-forwards: {len(self.sequences)} sequence(s) "
+                f"of {[len(s) for s in self.sequences]} tokens")
 
 
-def run_counted(generate, seed: int, prompt_ids, max_new_tokens: int) -> tuple[list[int], int]:
-    """generate(model, prompt_ids, max_new_tokens) on the tiny model `seed`: (new ids, token-forwards)."""
-    model = random_model(TINY, seed=seed)
-    with count_token_forwards(model) as counter:
-        new_ids = generate(model, list(prompt_ids), max_new_tokens)
-    return [int(t) for t in new_ids], counter["count"]
+def run_served(generate, seed: int, prompt_ids, max_new_tokens: int) -> LoopRun:
+    """generate(model, prompt_ids, max_new_tokens) on the tiny model `seed`, served: the loop reaches it only
+    through measure.last_token_logits, lck.forward and lck.for_model, and every forward is run and
+    recorded here (in the grading process when the autograder judges the check)."""
+    model = served.ServedModel(random_model(TINY, seed=seed))
+    new_ids = generate(model, list(prompt_ids), max_new_tokens)
+    return LoopRun([int(t) for t in new_ids], [list(s) for s in model.sequences])
+
+
+def same_loop(expected: LoopRun, received: LoopRun) -> str | None:
+    """The same new ids from the same forwards: each sequence the loop ran, with its tokens."""
+    if not isinstance(received, LoopRun):
+        return f"expected a LoopRun, received {type(received).__name__}"
+    diff = g.same(expected.new_ids, received.new_ids)
+    if diff is not None:
+        return f"new ids: {diff}"
+    if received.token_forwards != expected.token_forwards or len(received.sequences) != len(expected.sequences):
+        return (f"your loop ran {received.token_forwards} token positions through the model in "
+                f"{len(received.sequences)} sequence(s), the reference {expected.token_forwards} in "
+                f"{len(expected.sequences)}")
+    for i, (e, r) in enumerate(zip(expected.sequences, received.sequences)):
+        if e != r:
+            return f"sequence {i + 1} your loop ran: expected the tokens {short(e, 80)}, it ran {short(r, 80)}"
+    return None
 
 
 def reference_generate_uncached(model, prompt_ids, max_new_tokens) -> list[int]:
-    return measure.greedy_decode(model, prompt_ids, max_new_tokens, cached=False).token_ids
+    """Greedy decoding that runs the whole sequence so far at every step, each time in a new cache."""
+    ids = list(prompt_ids)
+    for _ in range(max_new_tokens):
+        fresh = ckv.for_model(ckv.ContiguousKVCache, model, len(ids))
+        ids.append(int(torch.argmax(ckv.forward(model, fresh, ids))))
+    return ids[len(prompt_ids):]
 
 
 def reference_generate_cached(model, prompt_ids, max_new_tokens) -> list[int]:
@@ -197,20 +230,23 @@ _LOOP_CASES = [g.args(g.ints(0, 10**6), g.token_ids(TINY.vocab_size, 1, 12), g.i
 
 
 def check_generate_uncached(fn, hidden: bool = False) -> None:
-    hint = "the case is (model seed, prompt ids, max_new_tokens); the result is (new ids, token-forwards counted)"
-    g.check_function(lambda *a: run_counted(fn, *a), lambda *a: run_counted(reference_generate_uncached, *a),
-                     _LOOP_CASES, n=8 if hidden else 4, hint=hint, name="generate_uncached",
-                     forbid=[measure.greedy_decode], time_limit=60)
+    hint = ("the case is (model seed, prompt ids, max_new_tokens); the result is the new ids and the sequences your "
+            "loop ran through the model: step i runs the whole sequence so far (prompt + i new ids) from scratch")
+    g.check_function(lambda *a: run_served(fn, *a), lambda *a: run_served(reference_generate_uncached, *a),
+                     _LOOP_CASES, n=8 if hidden else 4, compare=same_loop, hint=hint, name="generate_uncached",
+                     forbid=[measure.greedy_decode, reference_generate_uncached], time_limit=60)
 
 
 def check_generate_cached(fn, hidden: bool = False) -> None:
     """generate_cached with labkit's ContiguousKVCache in place of the student's (Task 6)."""
-    hint = ("the case is (model seed, prompt ids, max_new_tokens); the result is (new ids, token-forwards): "
-            "the prompt once, then one position per new token except the last")
+    hint = ("the case is (model seed, prompt ids, max_new_tokens); the result is the new ids and the sequences your "
+            "loop ran through the model: one sequence, the prompt once, then one position per new token except the "
+            "last")
     with substituted(fn, ContiguousKVCache=ckv.ContiguousKVCache):
-        g.check_function(lambda *a: run_counted(fn, *a), lambda *a: run_counted(reference_generate_cached, *a),
-                         _LOOP_CASES, n=8 if hidden else 4, hint=hint, name="generate_cached",
-                         forbid=[measure.greedy_decode, measure.last_token_logits, measure.SequenceKVCache],
+        g.check_function(lambda *a: run_served(fn, *a), lambda *a: run_served(reference_generate_cached, *a),
+                         _LOOP_CASES, n=8 if hidden else 4, compare=same_loop, hint=hint, name="generate_cached",
+                         forbid=[measure.greedy_decode, measure.last_token_logits, measure.SequenceKVCache,
+                                 reference_generate_cached],
                          time_limit=60)
 
 
