@@ -46,6 +46,8 @@ class Mistake:
         notebook must keep full marks. [] declares an alternative correct answer.
     says: text that each lost cell's error output must contain (the message a student would read).
     also: more (cell, find, replace) edits applied after the first, for mistakes spanning cells.
+    alone: grade it as the only mistake of its submission (see `pack_mistakes`); for mistakes whose
+        point is that they cost no later task (an unwritten task, say).
     """
 
     name: str
@@ -55,6 +57,7 @@ class Mistake:
     lost: list[str]
     says: str = ""
     also: list[tuple[str, str, str]] = field(default_factory=list)
+    alone: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -107,6 +110,45 @@ def graded_cells(nb: NotebookNode) -> dict[str, float]:
         for c in nb.cells
         if nbgrader_meta(c).get("grade")
     }
+
+
+def pack_mistakes(nb: NotebookNode, mistakes: list[Mistake], size: int = 3) -> list[list[Mistake]]:
+    """The mistakes of one notebook in packs of at most `size`, each pack graded as one submission.
+
+    Grading a submission costs a whole notebook run, and one mistake usually touches one task, so
+    mistakes of different tasks share a submission: the pack must lose exactly the union of their
+    `lost` cells. Within a pack the mistakes edit different cells, and their spans (first edited cell
+    to last edited or lost cell, in notebook order) do not overlap, so a later mistake cannot change
+    what an earlier one's cells show. What a pack cannot tell apart: an earlier mistake that would
+    also cost exactly a later one's listed cells; mistakes for which that is the point are `alone`.
+    Greedy, in file order: each mistake joins the first pack it fits.
+    """
+    order = {nbgrader_meta(c).get("grade_id"): i for i, c in enumerate(nb.cells) if nbgrader_meta(c)}
+
+    def span(m: Mistake) -> tuple[int, int]:
+        edited = [order[cell] for cell, _, _ in m.edits]
+        return min(edited), max(edited + [order[cell] for cell in m.lost])
+
+    packs: list[list[Mistake]] = []
+    for m in mistakes:
+        lo, hi = span(m)
+        home = None if m.alone else next(
+            (p for p in packs if len(p) < size and not p[0].alone
+             and all(span(o)[1] < lo or hi < span(o)[0] for o in p)),
+            None,
+        )
+        if home is None:
+            packs.append([m])
+        else:
+            home.append(m)
+    return packs
+
+
+def apply_mistakes(nb: NotebookNode, mistakes: list[Mistake]) -> NotebookNode:
+    """A copy of nb with every mistake's edits applied (a pack: see `pack_mistakes`)."""
+    for m in mistakes:
+        nb = apply_mistake(nb, m)
+    return nb
 
 
 def apply_mistake(nb: NotebookNode, mistake: Mistake) -> NotebookNode:

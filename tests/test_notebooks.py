@@ -3,7 +3,8 @@
 Generic over every solutions/lab0.1/*.ipynb. The expensive part, running notebooks, happens once per
 submission in one session-scoped autograde run (`graded`): the students are "solution" (every
 solution notebook as submitted work), "release" (every notebook of a fresh release, untouched) and
-"mistake-<stem>-<name>" (one notebook with a typical mistake from tests/mistakes/<stem>.py applied).
+"mistakes-<stem>-<k>" (one notebook with a pack of typical mistakes from tests/mistakes/<stem>.py
+applied: mistakes of different tasks share a run, see notebook_tools.pack_mistakes).
 Those executions serve several tests:
 
 - the solution notebooks run top to bottom without an error (the autograde of "solution" runs them
@@ -11,7 +12,8 @@ Those executions serve several tests:
 - `nbgrader validate` holds on the solutions, and `nbgrader validate --invert` on the release: nbgrader's
   own Validator judges the notebooks autograde executed (its preprocessors are reduced to the metadata
   check, so that nothing runs twice);
-- the solutions score full marks, the release zero, each mistake loses exactly its listed cells.
+- the solutions score full marks, the release zero, each pack of mistakes loses exactly the cells its
+  mistakes list, and each mistake's lost cells show its message.
 
 Environment: LABKIT_NOTEBOOKS (comma-separated stems or globs) restricts everything to those notebooks,
 e.g. while writing one chapter; LABKIT_NOTEBOOK_JOBS sets the number of parallel autograde workers
@@ -42,12 +44,14 @@ from notebook_tools import (  # noqa: E402
     SOLUTIONS,
     Mistake,
     apply_mistake,
+    apply_mistakes,
     error_text,
     execution_seconds,
     grade_submissions,
     graded_cells,
     mistake_specs,
     nbgrader_meta,
+    pack_mistakes,
     solution_notebooks,
 )
 
@@ -69,8 +73,13 @@ def _read(path: Path):
     return nbformat.read(str(path), as_version=4)
 
 
-def _mistake_student(stem: str, mistake: Mistake) -> str:
-    return f"mistake-{stem}-{mistake.name}"
+# Each notebook's mistakes in packs, one autograde run per pack: {(stem, mistake name): (student, pack)}
+PACKS = {
+    (stem, m.name): (f"mistakes-{stem}-{k}", pack)
+    for stem in dict.fromkeys(s for s, _ in MISTAKES)
+    for k, pack in enumerate(pack_mistakes(_read(SOLUTIONS / f"{stem}.ipynb"), [m for s, m in MISTAKES if s == stem]))
+    for m in pack
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,9 +227,9 @@ def graded(tmp_path_factory, pytestconfig):
         "solution": solutions,
         "release": {p.stem: _read(p) for p in course.notebooks(release_dir) if p.stem in STEMS},
     }
-    for stem, mistake in MISTAKES:
+    for (stem, _), (student, pack) in PACKS.items():
         assert stem in solutions, f"tests/mistakes/{stem}.py has no notebook {SOLUTIONS / (stem + '.ipynb')}"
-        submissions[_mistake_student(stem, mistake)] = {stem: apply_mistake(solutions[stem], mistake)}
+        submissions[student] = {stem: apply_mistakes(solutions[stem], pack)}
     result = grade_submissions(base, submissions, jobs=JOBS, env=NOTEBOOK_ENV)
     _report_times(result, pytestconfig)
     return result
@@ -297,13 +306,18 @@ def test_release_gets_zero(graded, stem):
 @pytest.mark.slow
 @pytest.mark.parametrize(("stem", "mistake"), MISTAKES, ids=[f"{s}-{m.name}" for s, m in MISTAKES])
 def test_mistake_loses_exactly_its_cells(graded, stem, mistake):
+    """The mistake's pack loses exactly the cells its mistakes list (disjoint: see pack_mistakes)."""
     points = graded_cells(_read(SOLUTIONS / f"{stem}.ipynb"))
     unknown = set(mistake.lost) - set(points)
     assert not unknown, f"mistake {mistake.name!r} lists cells that are not graded cells of {stem}: {unknown}"
-    student = _mistake_student(stem, mistake)
+    student, pack = PACKS[stem, mistake.name]
+    lost = {cell for m in pack for cell in m.lost}
     got = {k: s for k, (s, _) in graded.scores[student][stem].items()}
-    expected = {k: 0.0 if k in mistake.lost else p for k, p in points.items()}
-    assert got == expected, f"mistake {mistake.name!r}: scores {got}, expected {expected}"
+    expected = {k: 0.0 if k in lost else p for k, p in points.items()}
+    assert got == expected, (
+        f"mistake {mistake.name!r}, graded with {[m.name for m in pack if m is not mistake]} (other tasks): "
+        f"scores {got}, expected {expected}"
+    )
     if mistake.says:
         nb = _read(graded.autograded[student][stem])
         for cell in nb.cells:
@@ -335,6 +349,23 @@ def test_every_mistake_spec_applies():
         assert set(mistake.lost) <= set(graded_cells(nb)), (
             f"{mistake.name}: {mistake.lost} are not all graded cells"
         )
+
+
+def test_mistake_packs_cover_every_mistake_once_and_keep_their_spans_apart():
+    """Cheap: the packs (notebook_tools.pack_mistakes) hold each mistake once, `alone` ones alone, at
+    most 3, with disjoint spans of cells, and the pack's edits apply together."""
+    assert sorted(PACKS) == sorted((stem, m.name) for stem, m in MISTAKES)
+    for (stem, name), (student, pack) in PACKS.items():
+        assert [m.name for m in pack].count(name) == 1 and all(PACKS[stem, m.name][0] == student for m in pack)
+        assert 1 <= len(pack) <= 3 and (len(pack) == 1 or not any(m.alone for m in pack)), (student, pack)
+        nb = _read(SOLUTIONS / f"{stem}.ipynb")
+        order = {nbgrader_meta(c).get("grade_id"): i for i, c in enumerate(nb.cells)}
+        spans = sorted(
+            (min(order[c] for c, _, _ in m.edits), max([order[c] for c, _, _ in m.edits] + [order[c] for c in m.lost]))
+            for m in pack
+        )
+        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), (student, spans)
+        apply_mistakes(nb, pack)
 
 
 def test_mistake_spec_errors_are_explained():

@@ -54,6 +54,7 @@ MISTAKES = [
         replace='    raise NotImplementedError("Task 2: count adjacent pairs (t2-pair-counts): replace this line")\n',
         lost=["t2-pair-counts-tests"],
         says="not written yet: `get_pair_counts` raised NotImplementedError",
+        alone=True,  # the point: no later task pays for it, so no later mistake may share its run
     ),
     Mistake(
         "units-float-division",  # the task's rule: integer arithmetic (a float has 53 bits)
@@ -87,12 +88,6 @@ MISTAKES = [
         lost=["t6-pipeline-tests"],
         says="does not have a padding token",
     ),
-]
-
-# More typical mistakes, each checked to cost exactly its cell. Kept out of MISTAKES because every
-# entry costs one autograde run of the notebook in the test suite (README: about 2-5 per notebook);
-# move an entry into MISTAKES to have CI run it.
-MORE_MISTAKES = [
     Mistake(
         "units-rounded-not-floored",  # 4096 / 1.3 = 3150.8 rounds to 3151 words, one more than fit
         cell="t1-units-that-fit",
@@ -162,9 +157,3 @@ MORE_MISTAKES = [
         says="wrong result",
     ),
 ]
-
-# Also kept out of CI's run to hold its time (each entry is one more autograde of the notebook); they
-# were checked to cost exactly their cells when they were written.
-_NOT_IN_CI = {'pipeline-without-pad-token', 'merge-first-occurrence-only', 'encode-replays-every-merge'}
-MORE_MISTAKES += [m for m in MISTAKES if m.name in _NOT_IN_CI]
-MISTAKES = [m for m in MISTAKES if m.name not in _NOT_IN_CI]

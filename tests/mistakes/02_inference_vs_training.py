@@ -74,11 +74,3 @@ MISTAKES = [
         lost=[],
     ),
 ]
-
-MORE_MISTAKES: list[Mistake] = []
-
-# Also kept out of CI's run to hold its time (each entry is one more autograde of the notebook); they
-# were checked to cost exactly their cells when they were written.
-_NOT_IN_CI = {'partial-group-has-no-scale', 'adam-states-from-named-keys'}
-MORE_MISTAKES += [m for m in MISTAKES if m.name in _NOT_IN_CI]
-MISTAKES = [m for m in MISTAKES if m.name not in _NOT_IN_CI]
