@@ -112,7 +112,7 @@ def graded_cells(nb: NotebookNode) -> dict[str, float]:
     }
 
 
-def pack_mistakes(nb: NotebookNode, mistakes: list[Mistake], size: int = 3) -> list[list[Mistake]]:
+def pack_mistakes(nb: NotebookNode, mistakes: list[Mistake], size: int = 4) -> list[list[Mistake]]:
     """The mistakes of one notebook in packs of at most `size`, each pack graded as one submission.
 
     Grading a submission costs a whole notebook run, and one mistake usually touches one task, so
