@@ -444,8 +444,8 @@ def bench_engine(res: dict, quick: bool, eager: bool) -> None:
         ("labkit_tuned", prompts, output_lens, dict(max_num_seqs=256, max_num_batched_tokens=16384)),
         ("labkit_default", prompts, output_lens, {}),
         ("labkit_default_small", *small, {}),
+        ("labkit_default_unfused", prompts, output_lens, {}),  # LABKIT_FUSED=0: labkit/fused.py's worth
     ]
-    runs.append(("labkit_default_unfused", prompts, output_lens, {}))  # LABKIT_FUSED=0: labkit/fused.py's worth
     if eager:
         runs.append(("labkit_eager_small", *small, dict(enforce_eager=True)))  # no CUDA graphs
     for name, ps, outs, config in runs:
